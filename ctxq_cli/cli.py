@@ -1,0 +1,360 @@
+"""The ``ctxq`` command line: parse, call the core, report. User errors are one line."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import numpy as np
+import typer
+
+from ctxq_cli import __version__
+from ctxq_cli.errors import CtxqError
+
+log = logging.getLogger("ctxq_cli")
+
+app = typer.Typer(
+    name="ctxq",
+    help="Fill gaps in gridded geophysical fields with a diffusion model trained only on "
+         "incomplete data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["--help", "-h"]},
+)
+
+EXIT_USER_ERROR = 1
+EXIT_INTERNAL_ERROR = 3
+
+DataArg = Annotated[Path, typer.Argument(help="Field to read: NetCDF (.nc) or NPZ (.npz).",
+                                         show_default=False)]
+MaskOpt = Annotated[Optional[Path], typer.Option(
+    "--mask", help="Observation mask file (variable 'mask', 1 = observed), time-varying or 2-D.")]
+VarOpt = Annotated[Optional[list[str]], typer.Option(
+    "--var", help="Variable to read; repeat for several (stacked as channels).")]
+DomainOpt = Annotated[Optional[Path], typer.Option(
+    "--domain", help="2-D domain mask (nonzero = cells to fill and score, e.g. sea).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; same seed, same result.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="Only warnings and errors.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+
+
+def _version(value: bool) -> None:
+    """Print the version and exit."""
+    if value:
+        typer.echo(f"ctxq {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False
+          ) -> None:
+    """Fill gaps in gridded geophysical fields with context-query diffusion models."""
+
+
+@contextlib.contextmanager
+def reporting(quiet: bool) -> Iterator[bool]:
+    """Configure logging; turn CtxqError into one line and exit 1. Yields show-progress."""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="ctxq: %(message)s", stream=sys.stderr, force=True)
+    try:
+        yield (not quiet) and sys.stderr.isatty()
+    except CtxqError as exc:
+        typer.echo(f"ctxq: error: {exc}", err=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    except KeyboardInterrupt:
+        typer.echo("ctxq: interrupted", err=True)
+        raise typer.Exit(130) from None
+    except MemoryError:
+        typer.echo("ctxq: error: out of memory (try a smaller --batch-size)", err=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:  # a bug, not a user error: still one line unless asked
+        if os.environ.get("CTXQ_DEBUG"):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        typer.echo(f"ctxq: internal error: {type(exc).__name__}: {first} "
+                   "(set CTXQ_DEBUG=1 for a traceback)", err=True)
+        raise typer.Exit(EXIT_INTERNAL_ERROR) from None
+
+
+def _device(name: str):
+    """Resolve --device to a torch device."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise CtxqError(f"--device must be auto, cpu or cuda, not '{name}'")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CtxqError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def _command_line() -> str:
+    """The command as typed, for provenance."""
+    return "ctxq " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _load_inputs(data: Path, mask: Optional[Path], var: Optional[list[str]],
+                 domain: Optional[Path]):
+    """Read a field, its mask and its domain; log what was found."""
+    from ctxq_cli import io
+
+    fld = io.read_field(data, var, mask)
+    log.info("%s: %s", data, fld.describe())
+    dom = io.read_domain(domain, fld.grid) if domain else io.observed_domain(fld.observed)
+    outside = int((~dom).sum())
+    if outside:
+        log.info("%d of %d grid cells are outside the domain (%s); they stay fill", outside,
+                 dom.size, "from --domain" if domain else "never observed")
+    return fld, dom
+
+
+@app.command("train-denoiser")
+def train_denoiser(
+    data: DataArg,
+    mask: MaskOpt = None,
+    var: VarOpt = None,
+    domain: DomainOpt = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write.")] = Path(
+        "denoiser.safetensors"),
+    window: Annotated[int, typer.Option(help="Consecutive frames per sample.", min=1)] = 3,
+    partition: Annotated[str, typer.Option(
+        help="Context/query partition: auto, pixel, block or empirical.")] = "auto",
+    context_ratio: Annotated[float, typer.Option(
+        help="Share of observed cells kept as context (pixel, block).", min=0.05,
+        max=0.99)] = 0.7,
+    block_size: Annotated[Optional[int], typer.Option(
+        help="Block side in cells for --partition block (default: from the masks).",
+        min=1)] = None,
+    channels: Annotated[str, typer.Option(help="U-Net widths per level.")] = "32,64,96",
+    steps: Annotated[int, typer.Option(help="Optimiser steps at most.", min=1)] = 20000,
+    max_minutes: Annotated[Optional[float], typer.Option(
+        help="Stop after this many minutes.", min=0.01)] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).", min=0)] = 1e-3,
+    patch: Annotated[int, typer.Option(help="Train on random patches of this size on larger "
+                                            "grids.", min=8)] = 128,
+    val_fraction: Annotated[float, typer.Option(
+        help="Share of frames (the last ones) held out for validation.", min=0, max=0.5)] = 0.1,
+    log_file: Annotated[Optional[Path], typer.Option(
+        "--log", help="JSON-lines training log.")] = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a denoiser on incomplete fields (context-query diffusion)."""
+    with reporting(quiet) as progress:
+        from ctxq_cli import io
+        from ctxq_cli.train import TrainOptions, open_log
+        from ctxq_cli.train import train_denoiser as train
+
+        if partition not in ("auto", "pixel", "block", "empirical"):
+            raise CtxqError(f"--partition must be auto, pixel, block or empirical, "
+                            f"not '{partition}'")
+        widths = _parse_channels(channels)
+        io.check_output(output, overwrite, [data, mask, domain])
+        fld, dom = _load_inputs(data, mask, var, domain)
+        if fld.frames < window:
+            raise CtxqError(f"{data}: {fld.frames} frames, fewer than --window {window}")
+        options = TrainOptions(window=window, partition=partition, context_ratio=context_ratio,
+                               block_size=block_size, channels=widths, steps=steps,
+                               max_minutes=max_minutes, batch_size=batch_size, lr=lr,
+                               patch=patch, val_fraction=val_fraction, seed=seed)
+        dev = _device(device)
+        log.info("training on %s", dev)
+        with contextlib.ExitStack() as stack:
+            log_io = open_log(log_file)
+            if log_io is not None:
+                stack.callback(log_io.close)
+            model = train(fld.values, fld.observed, dom, fld.names, options, dev, log_io,
+                          progress)
+        model.training["command"] = _command_line()
+        model.training["data"] = str(data)
+        model.save(output)
+        log.info("wrote %s", output)
+
+
+def _parse_channels(text: str) -> tuple[int, ...]:
+    """'32,64,96' → (32, 64, 96)."""
+    try:
+        widths = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise CtxqError(f"--channels must be comma-separated integers, not '{text}'") from None
+    if not widths or min(widths) < 8 or any(w % 8 for w in widths):
+        raise CtxqError(f"--channels must be multiples of 8, not '{text}'")
+    return widths
+
+
+@app.command()
+def impute(
+    data: DataArg,
+    mask: MaskOpt = None,
+    var: VarOpt = None,
+    domain: DomainOpt = None,
+    checkpoint: Annotated[Path, typer.Option(help="Denoiser checkpoint.")] = Path(
+        "denoiser.safetensors"),
+    ensemble: Annotated[int, typer.Option(help="Ensemble members K.", min=1)] = 32,
+    steps: Annotated[int, typer.Option(
+        help="Sampler steps S: 1 = single-step ensemble mean, >1 = posterior samples.",
+        min=1)] = 1,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Output file (default: <input stem>_imputed.nc/.npz).")] = None,
+    members: Annotated[bool, typer.Option(help="Also write every ensemble member.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Denoiser passes per batch.", min=1)] = 64,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fill the gaps of a field with a trained denoiser."""
+    with reporting(quiet) as progress:
+        from ctxq_cli import io
+        from ctxq_cli.impute import impute_field
+        from ctxq_cli.model import DenoiserModel
+
+        out = output or Path(data.stem + "_imputed" + (".npz" if data.suffix == ".npz"
+                                                       else ".nc"))
+        io.check_output(out, overwrite, [data, mask, domain, checkpoint])
+        dev = _device(device)
+        model = DenoiserModel.load(checkpoint, dev)
+        fld = io.read_field(data, var or _default_vars(data, model.variables), mask)
+        log.info("%s: %s", data, fld.describe())
+        if fld.names != model.variables:
+            raise CtxqError(f"{data}: variables {fld.names} do not match the checkpoint's "
+                            f"{model.variables} ({checkpoint})")
+        if domain is not None:
+            dom = io.read_domain(domain, fld.grid)
+        elif fld.grid == model.grid:
+            dom = model.domain
+        else:
+            raise CtxqError(f"{data}: grid {fld.grid} differs from the checkpoint's {model.grid}; "
+                            "give --domain for this grid")
+        log.info("domain: %d cells, %d never observed in this file and filled from the model",
+                 int(dom.sum()), int((dom & ~fld.observed.any(axis=(0, 1))).sum()))
+        result = impute_field(model, fld.values, fld.observed, dom, ensemble, steps, seed,
+                              members, dev, batch_size, progress)
+        _write_imputation(out, fld, result, checkpoint, ensemble, steps, seed, model)
+        log.info("wrote %s", out)
+
+
+def _default_vars(data: Path, wanted: list[str]) -> Optional[list[str]]:
+    """The checkpoint's variables when the file has them all, else None (auto choice)."""
+    from ctxq_cli import io
+
+    try:
+        if io.file_format(data) == "npz":
+            return None
+        import netCDF4
+
+        with netCDF4.Dataset(data) as ds:
+            return wanted if all(v in ds.variables for v in wanted) else None
+    except (OSError, CtxqError):
+        return None
+
+
+def _write_imputation(out: Path, fld, result, checkpoint: Path, ensemble: int, steps: int,
+                      seed: int, model) -> None:
+    """Write mean, spread and members per variable, mirroring the input file."""
+    from ctxq_cli import io
+    from ctxq_cli.cf import Encoding
+
+    precise = Encoding("float64", -9999.0) if fld.values.dtype == np.float64 else Encoding()
+    variables = []
+    for c, name in enumerate(fld.names):
+        attrs = dict(fld.var_attrs[c])
+        label = attrs.get("long_name", name)
+        attrs["ancillary_variables"] = f"{name}_std"
+        variables.append(io.OutputVariable(name, result.mean[:, c], attrs, encoding=precise))
+        std_attrs = {k: attrs[k] for k in ("units",) if k in attrs}
+        std_attrs["long_name"] = f"ensemble spread (standard deviation) of {label}"
+        variables.append(io.OutputVariable(f"{name}_std", result.std[:, c], std_attrs))
+        if result.members is not None:
+            variables.append(io.OutputVariable(
+                f"{name}_members", result.members[:, :, c],
+                {**{k: attrs[k] for k in ("units", "standard_name") if k in attrs},
+                 "long_name": f"ensemble members of {label}"}, member_dim=True,
+                encoding=precise))
+    provenance = {"ctxq_version": __version__, "ctxq_checkpoint": str(checkpoint),
+                  "ctxq_ensemble": ensemble, "ctxq_steps": steps, "ctxq_seed": seed,
+                  "ctxq_partition": model.partition.name, "ctxq_window": model.window}
+    io.write_output(out, fld, variables, provenance, io.history_line(_command_line(),
+                                                                     __version__))
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="Imputed field (output of 'ctxq impute').",
+                                         show_default=False)],
+    truth: Annotated[Optional[Path], typer.Option(help="Complete reference field.")] = None,
+    mask: MaskOpt = None,
+    var: VarOpt = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        help="Denoiser for cross-validation (hide observations, impute, score).")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score an imputed field against the truth on the cells that were missing."""
+    with reporting(quiet):
+        from ctxq_cli import io
+        from ctxq_cli.metrics import scores
+
+        if checkpoint is not None:
+            raise CtxqError("cross-validation (--checkpoint) is not available in this version; "
+                            "score against --truth")
+        if truth is None:
+            raise CtxqError("give --truth TRUTH (cross-validation without truth is not "
+                            "available in this version)")
+        if mask is None:
+            raise CtxqError("give --mask MASK: the observation mask of the imputed input, so "
+                            "that only its gaps are scored")
+        est = io.read_field(data, var)
+        ref = io.read_field(truth, est.names)
+        gaps = ~io.read_mask(mask, est.names).astype(bool)
+        if ref.values.shape != est.values.shape:
+            raise CtxqError(f"{truth}: shape {ref.values.shape} does not match {data} "
+                            f"{est.values.shape}")
+        if gaps.shape[-2:] != est.grid or gaps.shape[0] not in (1, est.frames):
+            raise CtxqError(f"{mask}: mask shape {gaps.shape[::2]} does not match {data}")
+        cells = np.broadcast_to(gaps, est.values.shape) & est.observed & ref.observed
+        domain = est.observed.any(axis=(0, 1))
+        result = scores(est.values, ref.values, cells, domain[None, None])
+        typer.echo(f"{'variable':<16}{'cells':>10}{'RMSE':>12}{'MAE':>12}{'bias':>12}"
+                   f"{'VRMSE':>10}")
+        typer.echo(f"{','.join(est.names):<16}{result['cells']:>10}{result['rmse']:>12.5g}"
+                   f"{result['mae']:>12.5g}{result['bias']:>12.4g}{result['vrmse']:>10.4f}")
+
+
+@app.command("train-mask-prior")
+def train_mask_prior(
+    data: DataArg,
+    mask: MaskOpt = None,
+    var: VarOpt = None,
+    domain: DomainOpt = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write.")] = Path(
+        "mask_prior.safetensors"),
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Learn the distribution of the observation masks (Bayesian Flow Network prior)."""
+    with reporting(quiet):
+        from ctxq_cli import io
+
+        io.check_output(output, overwrite, [data, mask, domain])
+        _load_inputs(data, mask, var, domain)
+        raise CtxqError("train-mask-prior is not available in this version of ctxq "
+                        f"({__version__}); the inputs above were read and checked")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

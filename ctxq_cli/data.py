@@ -1,0 +1,134 @@
+"""Training samples: normalised time windows of a field, padded to the network's grid.
+
+A sample is W consecutive frames of C variables stacked as F = W·C channels::
+
+    values[b, w·C + c, y, x] = (u[t_b + w, c, y, x] − mean_c) / std_c     (0 where missing)
+
+Grids are padded with cells outside the domain up to a multiple of the network's
+down-sampling factor; grids larger than the patch size yield random patches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-variable affine normalisation estimated from observed values."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, values: np.ndarray, observed: np.ndarray) -> "Normalization":
+        """Mean and standard deviation of observed values per variable (axis 1)."""
+        means, stds = [], []
+        for c in range(values.shape[1]):
+            v = values[:, c][observed[:, c]].astype(np.float64)
+            mean = float(v.mean()) if v.size else 0.0
+            std = float(v.std()) if v.size > 1 else 1.0
+            means.append(mean)
+            stds.append(std if std > 0 and np.isfinite(std) else 1.0)
+        return cls(tuple(means), tuple(stds))
+
+    def apply(self, values: np.ndarray, observed: np.ndarray) -> np.ndarray:
+        """(T, C, H, W) physical → normalised float32, 0 where not observed."""
+        mean = np.asarray(self.mean)[None, :, None, None]
+        std = np.asarray(self.std)[None, :, None, None]
+        return np.where(observed, (values - mean) / std, 0.0).astype(np.float32)
+
+    def invert(self, values: np.ndarray) -> np.ndarray:
+        """Normalised (..., C, H, W) → physical float32."""
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+        return (values * std + mean).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        """JSON-able form."""
+        return asdict(self)
+
+
+def padded_size(n: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is ≥ n."""
+    return -(-n // multiple) * multiple
+
+
+def pad_grid(array: np.ndarray, multiple: int) -> np.ndarray:
+    """Pad the last two axes at the end with zeros/False to a multiple of ``multiple``."""
+    h, w = array.shape[-2:]
+    ph, pw = padded_size(h, multiple) - h, padded_size(w, multiple) - w
+    pad = [(0, 0)] * (array.ndim - 2) + [(0, ph), (0, pw)]
+    return np.pad(array, pad)
+
+
+class Windows:
+    """Random training windows (and patches) drawn from a normalised field."""
+
+    def __init__(self, values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
+                 window: int, multiple: int, patch: int, frames: tuple[int, int],
+                 device: torch.device) -> None:
+        """values, observed: (T, C, H, W); domain (H, W); frames: [start, stop) to draw from."""
+        self.window = window
+        self.start, self.stop = frames
+        if self.stop - self.start < window:
+            raise ValueError(f"{self.stop - self.start} frames are fewer than the window {window}")
+        observed = observed & domain[None, None]
+        self.values = torch.from_numpy(pad_grid(values, multiple)).to(device)
+        self.observed = torch.from_numpy(pad_grid(observed, multiple)).to(device)
+        self.domain = torch.from_numpy(pad_grid(domain, multiple)).to(device)
+        h, w = self.values.shape[-2:]
+        self.patch = (min(padded_size(patch, multiple), h), min(padded_size(patch, multiple), w))
+        self.channels = values.shape[1]
+
+    @property
+    def count(self) -> int:
+        """Number of distinct window start positions."""
+        return self.stop - self.start - self.window + 1
+
+    def _gather(self, starts: Tensor) -> tuple[Tensor, Tensor]:
+        """Stack windows starting at ``starts`` as (B, W·C, H, W) values and masks."""
+        idx = starts[:, None] + torch.arange(self.window, device=starts.device)[None]
+        b = len(starts)
+        v = self.values[idx].reshape(b, -1, *self.values.shape[-2:])
+        o = self.observed[idx].reshape(b, -1, *self.observed.shape[-2:])
+        return v, o
+
+    def batch(self, size: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """A random batch: values, observed (B, F, h, w) and domain (B, 1, h, w)."""
+        dev = self.values.device
+        starts = torch.randint(self.start, self.stop - self.window + 1, (size,),
+                               generator=generator, device=generator.device).to(dev)
+        v, o = self._gather(starts)
+        d = self.domain[None, None].expand(size, 1, -1, -1)
+        ph, pw = self.patch
+        h, w = v.shape[-2:]
+        if (ph, pw) == (h, w):
+            return v, o, d
+        oy = torch.randint(0, h - ph + 1, (size,), generator=generator, device=generator.device)
+        ox = torch.randint(0, w - pw + 1, (size,), generator=generator, device=generator.device)
+        crop = [(int(y), int(x)) for y, x in zip(oy, ox)]
+        return (torch.stack([v[i, :, y:y + ph, x:x + pw] for i, (y, x) in enumerate(crop)]),
+                torch.stack([o[i, :, y:y + ph, x:x + pw] for i, (y, x) in enumerate(crop)]),
+                torch.stack([d[i, :, y:y + ph, x:x + pw] for i, (y, x) in enumerate(crop)]))
+
+    def sequential(self, stride: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Non-random windows every ``stride`` frames (for validation), full grid."""
+        starts = torch.arange(self.start, self.stop - self.window + 1, stride,
+                              device=self.values.device)
+        out = []
+        for chunk in starts.split(16):
+            v, o = self._gather(chunk)
+            out.append((v, o, self.domain[None, None].expand(len(chunk), 1, -1, -1)))
+        return out
+
+    def mask_pool(self, size: int, generator: torch.Generator) -> Tensor:
+        """Up to ``size`` observation-mask windows (N, F, H, W), for the empirical partition."""
+        n = min(size, self.count)
+        starts = torch.randperm(self.count, generator=generator, device=generator.device)[:n]
+        _, o = self._gather(starts.to(self.values.device) + self.start)
+        return o.cpu()

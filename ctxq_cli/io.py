@@ -1,0 +1,547 @@
+"""Reading fields, observation masks and domains from NetCDF/NPZ; writing outputs atomically.
+
+A field is a stack of C variables on a (time, y, x) grid, held as ``values[t, c, y, x]`` with
+missing cells set to 0 and a boolean ``observed[t, c, y, x]``; NaN never leaves this module.
+Dimensions may carry any names (time/t/Time, lat/latitude/y/nav_lat, lon/longitude/x, ...) as
+long as they come in the order (time, y, x); singleton dimensions (a level, say) are squeezed
+and restored on writing. A 2-D (y, x) variable is one frame.
+
+The observation mask is the data's own missing cells (CF fill values, NaN, inf, out of the
+valid range; see ``ctxq_cli.cf``), intersected with ``--mask FILE`` when given. The domain is
+the set of grid cells that may be filled and scored: ``--domain FILE`` when given, else every
+cell observed at least once in the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ctxq_cli.cf import PACKING_ATTRS, Encoding, decode, encode
+from ctxq_cli.errors import CtxqError
+
+log = logging.getLogger(__name__)
+
+TIME_NAMES = {"time", "t", "times", "time_counter", "date", "valid_time", "day", "month", "year"}
+Y_NAMES = {"lat", "latitude", "y", "nav_lat", "rlat", "j", "yc", "eta_rho", "nlat"}
+X_NAMES = {"lon", "longitude", "x", "nav_lon", "rlon", "i", "xc", "xi_rho", "nlon"}
+MASK_VARIABLE = "mask"
+DOMAIN_VARIABLES = ("domain", "mask", "lsm", "land_sea_mask", "sea_mask", "valid")
+
+
+@dataclass
+class Coordinate:
+    """A coordinate variable copied through to outputs unchanged."""
+
+    name: str
+    dims: tuple[str, ...]
+    values: np.ndarray
+    attrs: dict[str, Any]
+
+
+@dataclass
+class Field:
+    """Variables on a shared (time, y, x) grid with their observation mask and metadata."""
+
+    path: Path
+    format: str                      # "netcdf" or "npz"
+    names: list[str]
+    values: np.ndarray               # (T, C, H, W), float32 (float64 for float64 input), 0 = missing
+    observed: np.ndarray             # (T, C, H, W) bool
+    dims: tuple[str, ...] = ()       # the variables' dims on disk, singletons included
+    shape: tuple[int, ...] = ()      # the variables' shape on disk
+    time_axis: int | None = 0        # axis of time in ``dims``; None for a 2-D variable
+    var_attrs: list[dict[str, Any]] = field(default_factory=list)
+    coords: list[Coordinate] = field(default_factory=list)
+    global_attrs: dict[str, Any] = field(default_factory=dict)
+    unlimited: set[str] = field(default_factory=set)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(H, W) of the grid."""
+        return self.values.shape[-2], self.values.shape[-1]
+
+    @property
+    def frames(self) -> int:
+        """Number of time steps."""
+        return self.values.shape[0]
+
+    def describe(self) -> str:
+        """A short human description: names, shape and observed fraction."""
+        t, c, h, w = self.values.shape
+        frac = self.observed.mean() if self.observed.size else 0.0
+        return f"{', '.join(self.names)}: {t} frames of {h}×{w}, {100 * frac:.1f} % observed"
+
+
+# ----------------------------------------------------------------------------- reading
+
+def _check_readable(path: Path) -> None:
+    """Fail with one line unless ``path`` is a readable regular file."""
+    if not path.exists():
+        raise CtxqError(f"{path}: no such file")
+    if not path.is_file():
+        raise CtxqError(f"{path}: not a regular file")
+    if not os.access(path, os.R_OK):
+        raise CtxqError(f"{path}: permission denied")
+
+
+def file_format(path: Path) -> str:
+    """'netcdf' or 'npz', from the file's leading bytes."""
+    _check_readable(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:3] == b"CDF" or head[:8] == b"\x89HDF\r\n\x1a\n":
+        return "netcdf"
+    if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":
+        return "npz"
+    raise CtxqError(f"{path}: not a NetCDF or NPZ file")
+
+
+@contextlib.contextmanager
+def _open_netcdf(path: Path) -> Iterator[Any]:
+    """Open a NetCDF file read-only with automatic decoding off (ctxq decodes itself)."""
+    import netCDF4
+
+    try:
+        ds = netCDF4.Dataset(path, "r")
+    except OSError as exc:
+        raise CtxqError(f"{path}: cannot be read as NetCDF ({exc.strerror or exc})") from None
+    try:
+        ds.set_auto_maskandscale(False)
+        yield ds
+    finally:
+        ds.close()
+
+
+def _attrs(var: Any) -> dict[str, Any]:
+    """All attributes of a netCDF4 variable or dataset."""
+    return {k: var.getncattr(k) for k in var.ncattrs()}
+
+
+def _data_variables(ds: Any) -> list[str]:
+    """Names of variables that are not coordinates, bounds or the mask."""
+    # Bounds and ancillary variables (e.g. an estimate's spread) are not data to fill.
+    linked = set()
+    for var in ds.variables.values():
+        for key in ("bounds", "ancillary_variables"):
+            if key in var.ncattrs():
+                linked.update(str(var.getncattr(key)).split())
+    out = []
+    for name, var in ds.variables.items():
+        if name in ds.dimensions or name in linked or name == MASK_VARIABLE:
+            continue
+        if var.dtype.kind not in "iufb" or var.ndim < 2:
+            continue
+        out.append(name)
+    return out
+
+
+def choose_variables(path: Path, available: dict[str, int], requested: Sequence[str] | None,
+                     default: str | None = None) -> list[str]:
+    """The variables to read: those requested, or the only candidate with ≥ 3 dims."""
+    if requested:
+        missing = [v for v in requested if v not in available]
+        if missing:
+            listing = ", ".join(sorted(available)) or "none"
+            raise CtxqError(f"{path}: no variable '{missing[0]}' (available: {listing})")
+        return list(dict.fromkeys(requested))
+    if default is not None and default in available:
+        return [default]
+    candidates = [n for n, ndim in available.items() if ndim >= 3]
+    if len(candidates) == 1:
+        return candidates
+    if not candidates:
+        twod = [n for n, ndim in available.items() if ndim == 2]
+        if len(twod) == 1:
+            return twod
+        listing = ", ".join(sorted(available)) or "none"
+        raise CtxqError(f"{path}: no data variable with (time, y, x) dims; use --var "
+                        f"(available: {listing})")
+    raise CtxqError(f"{path}: several data variables, choose with --var: "
+                    f"{', '.join(sorted(candidates))}")
+
+
+def _is_time(name: str, ds: Any = None) -> bool:
+    """Whether a dimension name denotes time (by name, or by its coordinate's units/axis)."""
+    if name.lower() in TIME_NAMES:
+        return True
+    if ds is not None and name in ds.variables:
+        attrs = _attrs(ds.variables[name])
+        return str(attrs.get("axis", "")).upper() == "T" or " since " in str(attrs.get("units", ""))
+    return False
+
+
+def layout(path: Path, var: str, dims: tuple[str, ...], shape: tuple[int, ...],
+           ds: Any = None) -> int | None:
+    """Check that dims are (time, y, x) up to singletons; return the time axis or None."""
+    time_axes = [i for i, d in enumerate(dims) if _is_time(d, ds)]
+    big = [i for i, n in enumerate(shape) if n > 1]
+    if len(time_axes) > 1:
+        raise CtxqError(f"{path}: variable '{var}' has several time dims {dims}")
+    if time_axes:
+        t = time_axes[0]
+        space = [i for i in big if i != t]
+        if len(space) == 2 and t < space[0]:
+            return t
+        if len(space) == 2:
+            raise CtxqError(f"{path}: variable '{var}' has dims ({', '.join(dims)}); "
+                            "expected the order (time, y, x)")
+    elif len(big) == 3:
+        return big[0]
+    elif len(big) == 2:
+        return None
+    names = ", ".join(f"{d}={n}" for d, n in zip(dims, shape))
+    raise CtxqError(f"{path}: variable '{var}' has dims ({names}); expected (time, y, x) "
+                    "or (y, x), plus optional singleton dims")
+
+
+def to_internal(array: np.ndarray, time_axis: int | None) -> np.ndarray:
+    """Reshape an on-disk array to (T, H, W) by squeezing singletons."""
+    if time_axis is None:
+        return array.reshape([n for n in array.shape if n > 1] or [1, 1])[None]
+    moved = np.moveaxis(array, time_axis, 0)
+    rest = [n for n in moved.shape[1:] if n > 1]
+    if len(rest) < 2:  # a grid edge of size 1 is legitimate
+        rest = [n for n in moved.shape[1:]][-2:]
+    return moved.reshape(moved.shape[0], *rest[-2:])
+
+
+def _read_netcdf(path: Path, requested: Sequence[str] | None) -> Field:
+    """Read and decode the chosen variables of a NetCDF file."""
+    with _open_netcdf(path) as ds:
+        available = {n: ds.variables[n].ndim for n in _data_variables(ds)}
+        names = choose_variables(path, available, requested)
+        first = ds.variables[names[0]]
+        dims, shape = tuple(first.dimensions), tuple(first.shape)
+        time_axis = layout(path, names[0], dims, shape, ds)
+        values, missing, attrs = [], [], []
+        for name in names:
+            var = ds.variables[name]
+            if tuple(var.dimensions) != dims:
+                raise CtxqError(f"{path}: variable '{name}' has dims {tuple(var.dimensions)}, "
+                                f"unlike '{names[0]}' {dims}; variables must share a grid")
+            try:
+                dec = decode(var[...], _attrs(var))
+            except (TypeError, ValueError, RuntimeError, OSError) as exc:
+                raise CtxqError(f"{path}: variable '{name}' cannot be decoded ({exc})") from None
+            values.append(to_internal(dec.values, time_axis))
+            missing.append(to_internal(dec.missing, time_axis))
+            attrs.append({k: v for k, v in _attrs(var).items() if k not in PACKING_ATTRS})
+            if dec.counts.get("out_of_range"):
+                log.info("%s: %s: %d values outside the valid range treated as missing",
+                         path, name, dec.counts["out_of_range"])
+        coords = []
+        wanted = set(dims)
+        for cname in set().union(*(str(a.get("coordinates", "")).split() for a in attrs)):
+            if cname in ds.variables:
+                wanted.add(cname)
+        for cname in wanted:
+            if cname in ds.variables and set(ds.variables[cname].dimensions) <= set(dims):
+                cvar = ds.variables[cname]
+                coords.append(Coordinate(cname, tuple(cvar.dimensions), cvar[...], _attrs(cvar)))
+        unlimited = {d for d in dims if ds.dimensions[d].isunlimited()}
+        global_attrs = _attrs(ds)
+    data = np.stack(values, axis=1)
+    observed = ~np.stack(missing, axis=1)
+    return Field(path=path, format="netcdf", names=names, values=data, observed=observed,
+                 dims=dims, shape=shape, time_axis=time_axis, var_attrs=attrs, coords=coords,
+                 global_attrs=global_attrs, unlimited=unlimited)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an NPZ file, never unpickling."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise CtxqError(f"{path}: cannot be read as NPZ ({exc})") from None
+
+
+def _npz_dims(ndim: int) -> tuple[str, ...]:
+    """Dimension names for an NPZ array: (time, y, x) or (y, x); generic beyond."""
+    return ("time", "y", "x")[-ndim:] if ndim <= 3 else tuple(f"dim{i}" for i in range(ndim))
+
+
+def _read_npz(path: Path, requested: Sequence[str] | None) -> Field:
+    """Read an NPZ file with key ``data`` (or the chosen keys) and an optional ``mask``."""
+    arrays = _load_npz(path)
+    available = {k: a.ndim for k, a in arrays.items()
+                 if k not in (MASK_VARIABLE, "domain") and a.ndim >= 2 and a.dtype.kind in "iufb"}
+    names = choose_variables(path, available, requested, default="data")
+    shape = arrays[names[0]].shape
+    dims = _npz_dims(len(shape))
+    time_axis = layout(path, names[0], dims, shape)
+    values, missing = [], []
+    for name in names:
+        if arrays[name].shape != shape:
+            raise CtxqError(f"{path}: array '{name}' has shape {arrays[name].shape}, "
+                            f"unlike '{names[0]}' {shape}")
+        dec = decode(arrays[name], {})
+        values.append(to_internal(dec.values, time_axis))
+        missing.append(to_internal(dec.missing, time_axis))
+    fld = Field(path=path, format="npz", names=names, values=np.stack(values, axis=1),
+                observed=~np.stack(missing, axis=1), dims=dims, shape=shape,
+                time_axis=time_axis, var_attrs=[{} for _ in names])
+    if MASK_VARIABLE in arrays:
+        m = _mask_values(path, MASK_VARIABLE, arrays[MASK_VARIABLE], {})
+        apply_mask(fld, _mask_to_internal(path, MASK_VARIABLE, m, _npz_dims(m.ndim)), path)
+    return fld
+
+
+def read_field(path: Path | str, variables: Sequence[str] | None = None,
+               mask_path: Path | str | None = None) -> Field:
+    """Read a field and its observation mask from NetCDF or NPZ (plus ``--mask FILE``)."""
+    path = Path(path)
+    fmt = file_format(path)
+    fld = _read_netcdf(path, variables) if fmt == "netcdf" else _read_npz(path, variables)
+    if mask_path is not None:
+        apply_mask(fld, read_mask(Path(mask_path), fld.names), Path(mask_path))
+    if not fld.observed.any():
+        raise CtxqError(f"{path}: variable '{fld.names[0]}' has no observed value at all")
+    return fld
+
+
+# ----------------------------------------------------------------------------- masks
+
+def _mask_values(path: Path, name: str, raw: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
+    """A 0/1/NaN mask variable as booleans (True = observed)."""
+    if raw.dtype.kind == "b":
+        return raw.astype(bool)
+    dec = decode(raw, attrs)
+    good = dec.values[~dec.missing]
+    bad = good[(good != 0) & (good != 1)]
+    if bad.size:
+        raise CtxqError(f"{path}: variable '{name}' has values other than 0/1/NaN "
+                        f"(e.g. {bad.flat[0]:g})")
+    return (dec.values == 1) & ~dec.missing
+
+
+def read_mask(path: Path, names: Sequence[str]) -> np.ndarray:
+    """Read an observation mask: variable ``mask``, or the named variables' non-missing cells.
+
+    Returns booleans of shape (T, 1, H, W), (T, C, H, W) or (1, 1, H, W) for a static mask.
+    """
+    fmt = file_format(path)
+    if fmt == "npz":
+        arrays = _load_npz(path)
+        if MASK_VARIABLE in arrays:
+            raw = arrays[MASK_VARIABLE]
+            m = _mask_values(path, MASK_VARIABLE, raw, {})
+            return _mask_to_internal(path, MASK_VARIABLE, m, _npz_dims(m.ndim))
+        if all(n in arrays for n in names):
+            per = [~decode(arrays[n], {}).missing for n in names]
+            return np.stack([_mask_to_internal(path, n, p, _npz_dims(p.ndim))[:, 0]
+                             for n, p in zip(names, per)], axis=1)
+        raise CtxqError(f"{path}: no array 'mask' (available: {', '.join(sorted(arrays))})")
+    with _open_netcdf(path) as ds:
+        if MASK_VARIABLE in ds.variables:
+            var = ds.variables[MASK_VARIABLE]
+            m = _mask_values(path, MASK_VARIABLE, var[...], _attrs(var))
+            return _mask_to_internal(path, MASK_VARIABLE, m, tuple(var.dimensions), ds)
+        if all(n in ds.variables for n in names):
+            per = []
+            for n in names:
+                var = ds.variables[n]
+                obs = ~decode(var[...], _attrs(var)).missing
+                per.append(_mask_to_internal(path, n, obs, tuple(var.dimensions), ds)[:, 0])
+            return np.stack(per, axis=1)
+        listing = ", ".join(sorted(ds.variables)) or "none"
+        raise CtxqError(f"{path}: no variable 'mask' or '{names[0]}' (available: {listing})")
+
+
+def _mask_to_internal(path: Path, name: str, mask: np.ndarray, dims: tuple[str, ...],
+                      ds: Any = None) -> np.ndarray:
+    """A mask array as (T, 1, H, W); a 2-D mask becomes one static frame."""
+    time_axis = layout(path, name, dims, mask.shape, ds)
+    return to_internal(mask, time_axis)[:, None]
+
+
+def apply_mask(fld: Field, mask: np.ndarray, mask_path: Path) -> None:
+    """Intersect the field's observed cells with a mask file (broadcast over time/variables)."""
+    t, c, h, w = fld.values.shape
+    mt, mc, mh, mw = mask.shape
+    if (mh, mw) != (h, w) or mt not in (1, t) or mc not in (1, c):
+        raise CtxqError(f"{mask_path}: mask shape ({mt}, {mh}, {mw}) does not match data "
+                        f"'{fld.names[0]}' shape ({t}, {h}, {w})")
+    mask = np.broadcast_to(mask, fld.observed.shape)
+    absent = (mask & ~fld.observed).sum()
+    if absent:
+        log.warning("%s: %d cells marked observed have no value in %s; treated as missing",
+                    mask_path, int(absent), fld.path)
+    fld.observed = fld.observed & mask
+    fld.values = np.where(fld.observed, fld.values, 0).astype(fld.values.dtype)
+
+
+def read_domain(path: Path | str, grid: tuple[int, int]) -> np.ndarray:
+    """Read a 2-D domain mask (nonzero = inside, to be filled and scored) of the given grid."""
+    path = Path(path)
+    fmt = file_format(path)
+    if fmt == "npz":
+        arrays = _load_npz(path)
+        name = next((n for n in DOMAIN_VARIABLES if n in arrays), None)
+        if name is None:
+            raise CtxqError(f"{path}: no array named one of {', '.join(DOMAIN_VARIABLES)}")
+        dec = decode(arrays[name], {})
+    else:
+        with _open_netcdf(path) as ds:
+            name = next((n for n in DOMAIN_VARIABLES if n in ds.variables), None)
+            if name is None:
+                twod = [n for n in _data_variables(ds) if ds.variables[n].ndim >= 2]
+                if len(twod) != 1:
+                    raise CtxqError(f"{path}: name the domain variable 'domain' (found: "
+                                    f"{', '.join(sorted(ds.variables)) or 'none'})")
+                name = twod[0]
+            dec = decode(ds.variables[name][...], _attrs(ds.variables[name]))
+    squeezed = dec.values.reshape([n for n in dec.values.shape if n > 1] or [1])
+    if squeezed.shape != tuple(grid):
+        raise CtxqError(f"{path}: domain '{name}' has shape {dec.values.shape}, data grid is "
+                        f"{tuple(grid)}")
+    inside = (squeezed != 0) & ~dec.missing.reshape(squeezed.shape)
+    if not inside.any():
+        raise CtxqError(f"{path}: domain '{name}' has no cell inside")
+    return inside
+
+
+def observed_domain(observed: np.ndarray) -> np.ndarray:
+    """Cells observed at least once (any time, any variable): the default domain, (H, W)."""
+    return observed.any(axis=(0, 1))
+
+
+# ----------------------------------------------------------------------------- writing
+
+def check_output(path: Path | str, overwrite: bool, inputs: Sequence[Path | str | None]) -> Path:
+    """Validate an output path before any work: never an input, exists only with --overwrite."""
+    path = Path(path)
+    for inp in inputs:
+        if inp is not None and Path(inp).exists() and path.exists() and \
+                path.resolve() == Path(inp).resolve():
+            raise CtxqError(f"{path}: output would overwrite an input file")
+    if path.exists() and not overwrite:
+        raise CtxqError(f"{path}: output exists (use --overwrite to replace it)")
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise CtxqError(f"{path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise CtxqError(f"{path}: directory {parent} is not writable")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """A temporary path beside ``path`` that replaces it only if the block succeeds."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CtxqError(f"{path}: cannot write ({exc.strerror})") from None
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CtxqError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@dataclass
+class OutputVariable:
+    """One variable to write: internal (T, H, W) or (K, T, H, W) values, NaN = fill."""
+
+    name: str
+    values: np.ndarray
+    attrs: dict[str, Any]
+    member_dim: bool = False
+    encoding: Encoding = field(default_factory=lambda: Encoding("float32", -9999.0))
+
+
+def history_line(command: str, version: str) -> str:
+    """One CF history entry: UTC time, command line and version."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{stamp}: {command} (ctxq {version})"
+
+
+def _to_disk(fld: Field, values: np.ndarray) -> np.ndarray:
+    """Reshape internal (T, H, W) values back to the variable's on-disk shape."""
+    if fld.time_axis is None:
+        return values[0].reshape(fld.shape)
+    moved = list(fld.shape)
+    t = moved.pop(fld.time_axis)
+    return np.moveaxis(values.reshape(t, *moved), 0, fld.time_axis)
+
+
+def write_output(path: Path | str, template: Field, variables: Sequence[OutputVariable],
+                 global_attrs: dict[str, Any], history: str) -> None:
+    """Write variables on the template's grid, as NetCDF or NPZ like the template."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if template.format == "npz":
+            _write_npz(tmp, template, variables, global_attrs)
+        else:
+            _write_netcdf(tmp, template, variables, global_attrs, history)
+
+
+def _write_npz(tmp: Path, template: Field, variables: Sequence[OutputVariable],
+               global_attrs: dict[str, Any]) -> None:
+    """Write arrays (NaN = fill) with a JSON-free, pickle-free layout."""
+    arrays: dict[str, np.ndarray] = {}
+    for var in variables:
+        vals = var.values
+        if var.member_dim:
+            arrays[var.name] = np.stack([_to_disk(template, v) for v in vals])
+        else:
+            arrays[var.name] = _to_disk(template, vals)
+    for key, value in global_attrs.items():
+        arrays[f"attr_{key}"] = np.asarray(str(value))
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+def _write_netcdf(tmp: Path, template: Field, variables: Sequence[OutputVariable],
+                  global_attrs: dict[str, Any], history: str) -> None:
+    """Write a NetCDF-4 file mirroring the template's dims, coordinates and attributes."""
+    import netCDF4
+
+    with netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
+        attrs = dict(template.global_attrs)
+        old = str(attrs.pop("history", "")).strip()
+        attrs["history"] = history + ("\n" + old if old else "")
+        attrs.update(global_attrs)
+        ds.setncatts({k: v for k, v in attrs.items()})
+        for dim, size in zip(template.dims, template.shape):
+            ds.createDimension(dim, None if dim in template.unlimited else size)
+        if any(v.member_dim for v in variables):
+            k = next(v.values.shape[0] for v in variables if v.member_dim)
+            ds.createDimension("member", k)
+            mvar = ds.createVariable("member", "i4", ("member",))
+            mvar[:] = np.arange(k)
+            mvar.long_name = "ensemble member"
+        for coord in template.coords:
+            fill = coord.attrs.get("_FillValue")
+            cvar = ds.createVariable(coord.name, coord.values.dtype, coord.dims, fill_value=fill)
+            cvar.setncatts({k: v for k, v in coord.attrs.items() if k != "_FillValue"})
+            cvar[...] = coord.values
+        for var in variables:
+            dims = (("member",) if var.member_dim else ()) + tuple(template.dims)
+            enc = var.encoding
+            nc = ds.createVariable(var.name, enc.dtype, dims, zlib=True, complevel=4,
+                                   fill_value=enc.fill_value)
+            nc.set_auto_maskandscale(False)
+            nc.setncatts({**{k: v for k, v in enc.attrs.items() if k != "_FillValue"},
+                          **{k: v for k, v in var.attrs.items() if k not in PACKING_ATTRS}})
+            if var.member_dim:
+                for i, member in enumerate(var.values):
+                    disk = _to_disk(template, member)
+                    nc[i, ...] = encode(disk, np.isnan(disk), enc)
+            else:
+                disk = _to_disk(template, var.values)
+                nc[...] = encode(disk, np.isnan(disk), enc)

@@ -1,0 +1,91 @@
+"""A trained denoiser with everything needed to use it, saved to and rebuilt from one file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ctxq_cli import checkpoint
+from ctxq_cli.data import Normalization
+from ctxq_cli.diffusion import Denoiser, NoiseSchedule
+from ctxq_cli.errors import CtxqError
+from ctxq_cli.partition import EmpiricalPartition, Partition, build_partition
+from ctxq_cli.unet import UNetConfig
+
+KIND = "denoiser"
+
+
+@dataclass
+class DenoiserModel:
+    """Denoiser network, noise schedule, normalisation, partition, window, grid and domain."""
+
+    denoiser: Denoiser
+    schedule: NoiseSchedule
+    normalization: Normalization
+    partition: Partition
+    variables: list[str]
+    window: int
+    domain: np.ndarray                       # (H, W) bool, the training domain
+    step: int = 0
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(H, W) of the training grid."""
+        return self.domain.shape[0], self.domain.shape[1]
+
+    def metadata(self) -> dict[str, Any]:
+        """The JSON document stored with the weights."""
+        return {
+            "kind": KIND,
+            "model": self.denoiser.net.config.to_dict(),
+            "sigma_data": self.denoiser.sigma_data,
+            "schedule": self.schedule.to_dict(),
+            "normalization": self.normalization.to_dict(),
+            "partition": self.partition.config(),
+            "variables": self.variables,
+            "window": self.window,
+            "grid": list(self.grid),
+            "step": self.step,
+            "training": self.training,
+        }
+
+    def save(self, path: Path | str, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the model (or the given weights, e.g. EMA) to a safetensors checkpoint."""
+        extras = {"domain": torch.from_numpy(self.domain.astype(np.uint8))}
+        if isinstance(self.partition, EmpiricalPartition) and self.partition.pool is not None:
+            extras["mask_pool"] = self.partition.pool.to(torch.uint8)
+        checkpoint.save(path, self.metadata(), weights or self.denoiser.state_dict(), extras)
+
+    @classmethod
+    def load(cls, path: Path | str, device: torch.device | str = "cpu") -> "DenoiserModel":
+        """Rebuild a model from a checkpoint file alone."""
+        ckpt = checkpoint.load(path, KIND)
+        meta = ckpt.meta
+        try:
+            cfg = meta["model"]
+            config = UNetConfig(**{**cfg, "channels": tuple(cfg["channels"])})
+            denoiser = Denoiser(config, sigma_data=float(meta.get("sigma_data", 1.0)))
+            denoiser.load_state_dict(ckpt.weights)
+            pool = ckpt.extras.get("mask_pool")
+            model = cls(
+                denoiser=denoiser.to(device).eval(),
+                schedule=NoiseSchedule(**meta["schedule"]),
+                normalization=Normalization(**{k: tuple(v) for k, v in
+                                               meta["normalization"].items()}),
+                partition=build_partition(meta["partition"],
+                                          pool.bool() if pool is not None else None),
+                variables=list(meta["variables"]),
+                window=int(meta["window"]),
+                domain=ckpt.extras["domain"].numpy().astype(bool),
+                step=int(meta.get("step", 0)),
+                training=dict(meta.get("training", {})),
+            )
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CtxqError(f"{path}: incompatible or corrupted denoiser checkpoint "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+        return model

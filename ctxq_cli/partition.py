@@ -1,0 +1,233 @@
+"""Context/query partitions of an observation mask.
+
+Each partition splits the observed cells ``M`` of a batch into a context ``M_ctx ⊆ M`` (what
+the denoiser sees) and a query ``M_qry ⊆ M`` (where the loss lives)::
+
+    M_qry = M ∧ (¬M_ctx ∨ B),   B ~ Bernoulli(overlap)
+
+The context is drawn with the same structure as the observation masks (Work I), so every
+observed cell is queried with positive probability given the context:
+
+- ``pixel``: each observed cell stays in the context with probability r;
+- ``block``: square blocks of side b are dropped from the context with probability 1 − r;
+- ``empirical``: ``M_ctx = M ∧ M'`` with ``M'`` another sample's observation mask, the
+  intersection rule that gives positivity for any mask topology without a hand-made rule.
+
+The optional overlap ``B`` also queries some context cells, so the denoiser learns to denoise
+what it sees (used by the multi-step sampler) besides filling what it does not.
+
+Masks are boolean tensors of shape (B, F, H, W), F = frames × variables of a window.
+
+References:
+    Incomplete Data, Complete Dynamics: A Diffusion Approach (ICLR 2026), section 3.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+class Partition(Protocol):
+    """Splits observed cells into (context, query)."""
+
+    name: str
+
+    def sample(self, observed: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Return boolean (context, query) masks of the shape of ``observed``."""
+        ...
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able parameters, enough to rebuild the partition."""
+        ...
+
+
+def _uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
+    """U(0, 1) draws from an explicit generator (on the generator's device, then moved)."""
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
+def with_query(observed: Tensor, context: Tensor, overlap: float,
+               generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Complete a context into (context, query): the unseen observed cells plus an overlap."""
+    context = context & observed
+    query = observed & ~context
+    if overlap > 0:
+        query = query | (context & (_uniform(observed.shape, generator, observed.device) < overlap))
+    return context, query
+
+
+@dataclass
+class PixelPartition:
+    """Keep each observed cell in the context with probability ``ratio``."""
+
+    ratio: float = 0.7
+    overlap: float = 0.0
+    name: str = "pixel"
+
+    def sample(self, observed: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Draw (context, query)."""
+        keep = _uniform(observed.shape, generator, observed.device) < self.ratio
+        return with_query(observed, keep, self.overlap, generator)
+
+    def config(self) -> dict[str, Any]:
+        """Parameters for the checkpoint."""
+        return asdict(self)
+
+
+@dataclass
+class BlockPartition:
+    """Drop square blocks of side ``size`` from the context with probability 1 − ``ratio``."""
+
+    size: int = 8
+    ratio: float = 0.7
+    overlap: float = 0.0
+    name: str = "block"
+
+    def sample(self, observed: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Draw (context, query); the block grid has a random offset per draw."""
+        b, f, h, w = observed.shape
+        s = max(1, self.size)
+        nh, nw = -(-h // s) + 1, -(-w // s) + 1
+        keep = _uniform((b, f, nh, nw), generator, observed.device) < self.ratio
+        keep = keep.repeat_interleave(s, dim=2).repeat_interleave(s, dim=3)
+        oy, ox = (int(v) for v in torch.randint(0, s, (2,), generator=generator,
+                                                device=generator.device))
+        keep = keep[:, :, oy:oy + h, ox:ox + w]
+        return with_query(observed, keep, self.overlap, generator)
+
+    def config(self) -> dict[str, Any]:
+        """Parameters for the checkpoint."""
+        return asdict(self)
+
+
+@dataclass
+class EmpiricalPartition:
+    """Context = M ∧ M' with M' drawn from a pool of real observation masks."""
+
+    pool: Tensor | None = None     # (N, F, H, W) bool, the data's own masks
+    overlap: float = 0.0
+    name: str = "empirical"
+
+    def sample(self, observed: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Draw (context, query) with a random pool mask, randomly placed if larger."""
+        if self.pool is None or len(self.pool) == 0:
+            raise ValueError("empirical partition needs a pool of masks")
+        b, f, h, w = observed.shape
+        n, pf, ph, pw = self.pool.shape
+        idx = torch.randint(0, n, (b,), generator=generator, device=generator.device).cpu()
+        other = self.pool[idx]
+        if pf != f:  # a pool of single frames serves windows frame by frame
+            other = self.pool[torch.randint(0, n, (b * f,), generator=generator,
+                                            device=generator.device).cpu()]
+            other = other[:, 0].reshape(b, f, ph, pw)
+        if (ph, pw) != (h, w):
+            other = _random_crop(other, h, w, generator)
+        return with_query(observed, other.to(observed.device), self.overlap, generator)
+
+    def config(self) -> dict[str, Any]:
+        """Parameters for the checkpoint (the pool is stored as a tensor beside them)."""
+        return {"name": self.name, "overlap": self.overlap}
+
+
+def _random_crop(masks: Tensor, h: int, w: int, generator: torch.Generator) -> Tensor:
+    """Crop (N, F, H', W') masks to (N, F, h, w) at one random offset, padding if smaller."""
+    n, f, ph, pw = masks.shape
+    if ph < h or pw < w:
+        masks = torch.nn.functional.pad(masks, (0, max(0, w - pw), 0, max(0, h - ph)))
+        ph, pw = masks.shape[-2:]
+    oy = int(torch.randint(0, ph - h + 1, (1,), generator=generator, device=generator.device))
+    ox = int(torch.randint(0, pw - w + 1, (1,), generator=generator, device=generator.device))
+    return masks[:, :, oy:oy + h, ox:ox + w]
+
+
+def build_partition(config: dict[str, Any], pool: Tensor | None = None) -> Partition:
+    """Rebuild a partition from its config (and mask pool for ``empirical``)."""
+    params = {k: v for k, v in config.items() if k != "name"}
+    name = config["name"]
+    if name == "pixel":
+        return PixelPartition(**params)
+    if name == "block":
+        return BlockPartition(**params)
+    if name == "empirical":
+        return EmpiricalPartition(pool=pool, **params)
+    raise ValueError(f"unknown partition '{name}'")
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+@dataclass(frozen=True)
+class MaskStructure:
+    """Measured structure of a set of observation masks."""
+
+    missing_fraction: float
+    neighbour_correlation: float   # lag-1 correlation of the missing indicator in space
+    temporal_change: float         # fraction of cells whose state changes between frames
+    cluster_size: float            # mean length of missing runs along rows, in cells
+
+    def describe(self) -> str:
+        """One line for the log."""
+        return (f"missing {100 * self.missing_fraction:.1f} %, neighbour correlation "
+                f"{self.neighbour_correlation:.2f}, change between frames "
+                f"{100 * self.temporal_change:.1f} %, missing runs {self.cluster_size:.1f} cells")
+
+
+def mask_structure(observed: np.ndarray, domain: np.ndarray) -> MaskStructure:
+    """Measure missing fraction, spatial correlation, temporal change and run length.
+
+    ``observed`` is (T, H, W) bool, ``domain`` (H, W) bool; cells outside the domain are ignored.
+    """
+    miss = (~observed & domain).astype(np.float64)
+    inside = np.broadcast_to(domain, observed.shape)
+    p = miss[inside].mean() if inside.any() else 0.0
+    pairs_x = inside[:, :, 1:] & inside[:, :, :-1]
+    pairs_y = inside[:, 1:, :] & inside[:, :-1, :]
+    both = (np.sum((miss[:, :, 1:] * miss[:, :, :-1])[pairs_x]) +
+            np.sum((miss[:, 1:, :] * miss[:, :-1, :])[pairs_y]))
+    npairs = pairs_x.sum() + pairs_y.sum()
+    var = p * (1 - p)
+    corr = float((both / max(npairs, 1) - p * p) / var) if var > 0 else 0.0
+    if observed.shape[0] > 1:
+        change = np.logical_xor(observed[1:], observed[:-1])[np.broadcast_to(
+            domain, observed[1:].shape)].mean()
+    else:
+        change = 0.0
+    runs = np.diff(miss, axis=2, prepend=0, append=0)
+    starts = (runs > 0).sum()
+    cluster = float(miss.sum() / starts) if starts else 0.0
+    return MaskStructure(float(p), corr, float(change), cluster)
+
+
+def choose_partition(structure: MaskStructure, ratio: float, overlap: float,
+                     pool: Tensor | None) -> tuple[Partition, str]:
+    """Pick a partition from the masks' structure; return it with the reason."""
+    if structure.neighbour_correlation < 0.2:
+        return (PixelPartition(ratio=ratio, overlap=overlap),
+                f"missing cells are nearly independent ({structure.describe()})")
+    if structure.temporal_change > 0.02 and pool is not None and len(pool) > 1:
+        return (EmpiricalPartition(pool=pool, overlap=overlap),
+                f"gaps are spatially clustered and change over time ({structure.describe()})")
+    size = int(np.clip(round(structure.cluster_size), 2, 32))
+    return (BlockPartition(size=size, ratio=ratio, overlap=overlap),
+            f"gaps are clustered but nearly static, blocks of {size} cells "
+            f"({structure.describe()})")
+
+
+def query_probability(partition: Partition, observed: Tensor, draws: int,
+                      generator: torch.Generator) -> Tensor:
+    """Frequency with which each cell is a query outside the context, over ``draws`` draws.
+
+    Positivity holds for the batch when this is > 0 on every observed cell.
+    """
+    hits = torch.zeros(observed.shape, dtype=torch.float32, device=observed.device)
+    for _ in range(draws):
+        context, query = partition.sample(observed, generator)
+        hits += (query & ~context).float()
+    return hits / draws

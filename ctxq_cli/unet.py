@@ -1,0 +1,121 @@
+"""A compact 2-D U-Net with FiLM noise conditioning.
+
+Frames of a time window and variables are stacked as channels, so one 2-D network sees the
+temporal context at the cost of a single image pass (a 3-D network costs W times more on CPU).
+Each level holds residual blocks ``h ← h + conv(SiLU(FiLM(norm(conv(SiLU(norm(x)))))))``
+whose scale and shift come from an embedding of the noise level.
+
+Input (B, C_in, H, W) with H and W divisible by 2^(levels − 1); output (B, C_out, H, W).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of the denoiser's backbone."""
+
+    in_channels: int
+    out_channels: int
+    channels: tuple[int, ...] = (32, 64, 96)
+    blocks_per_level: int = 1
+    embedding: int = 64
+
+    @property
+    def multiple(self) -> int:
+        """Grid sizes must be divisible by this."""
+        return 2 ** (len(self.channels) - 1)
+
+    def to_dict(self) -> dict:
+        """JSON-able form."""
+        return asdict(self)
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    """Group normalisation with up to 8 groups."""
+    groups = math.gcd(channels, 8)
+    return nn.GroupNorm(groups, channels)
+
+
+class ResBlock(nn.Module):
+    """Residual block with FiLM conditioning on the noise embedding."""
+
+    def __init__(self, cin: int, cout: int, embedding: int) -> None:
+        super().__init__()
+        self.norm1 = _norm(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.film = nn.Linear(embedding, 2 * cout)
+        self.norm2 = _norm(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        """x: (B, cin, H, W), emb: (B, E) -> (B, cout, H, W)."""
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        return self.skip(x) + self.conv2(F.silu(h))
+
+
+def noise_embedding(c_noise: Tensor, dim: int) -> Tensor:
+    """Sinusoidal features of the (log) noise level: (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, device=c_noise.device) * (-math.log(1e3) / half))
+    angles = c_noise[:, None].float() * freqs[None] * 100
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class UNet(nn.Module):
+    """Encoder-decoder with skip connections, one resolution halving per level."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        e = config.embedding
+        self.embed = nn.Sequential(nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
+        ch = config.channels
+        self.stem = nn.Conv2d(config.in_channels, ch[0], 3, padding=1)
+        self.down = nn.ModuleList()
+        self.up = nn.ModuleList()
+        cin = ch[0]
+        for cout in ch:
+            self.down.append(nn.ModuleList(
+                [ResBlock(cin if i == 0 else cout, cout, e) for i in range(config.blocks_per_level)]))
+            cin = cout
+        self.mid = ResBlock(ch[-1], ch[-1], e)
+        for level in reversed(range(len(ch))):
+            cout = ch[level]
+            self.up.append(nn.ModuleList(
+                [ResBlock((cin if i == 0 else cout) + cout, cout, e)
+                 for i in range(config.blocks_per_level)]))
+            cin = cout
+        self.head = nn.Sequential(_norm(ch[0]), nn.SiLU(), nn.Conv2d(ch[0], config.out_channels,
+                                                                      3, padding=1))
+
+    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
+        """x: (B, C_in, H, W), c_noise: (B,) -> (B, C_out, H, W)."""
+        emb = self.embed(noise_embedding(c_noise, self.config.embedding))
+        h = self.stem(x)
+        skips = []
+        for level, blocks in enumerate(self.down):
+            if level > 0:
+                h = F.avg_pool2d(h, 2)
+            for block in blocks:
+                h = block(h, emb)
+                skips.append(h)
+        h = self.mid(h, emb)
+        for level, blocks in enumerate(self.up):
+            if level > 0:
+                h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+            for block in blocks:
+                h = block(torch.cat([h, skips.pop()], dim=1), emb)
+        return self.head(h)

@@ -1,0 +1,112 @@
+"""The command line end to end on 16×16 files, and its one-line errors."""
+
+import netCDF4
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ctxq_cli import __version__
+from ctxq_cli.cli import app
+from conftest import smooth_field, write_mask_nc, write_nc
+
+runner = CliRunner()
+TINY = ["--channels", "8,16", "--steps", "4", "--batch-size", "2", "--window", "2", "--quiet"]
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """obs.nc, mask.nc, truth.nc and a trained denoiser.safetensors in one directory."""
+    d = tmp_path_factory.mktemp("cli")
+    values = smooth_field(12, 16, 16, seed=0)
+    observed = np.random.default_rng(0).random(values.shape) < 0.4
+    write_nc(d / "obs.nc", values, observed=observed)
+    write_mask_nc(d / "mask.nc", observed)
+    write_nc(d / "truth.nc", values)
+    result = run("train-denoiser", d / "obs.nc", "--mask", d / "mask.nc", "-o",
+                 d / "denoiser.safetensors", *TINY)
+    assert result.exit_code == 0, result.output
+    return d
+
+
+def test_version_and_help():
+    assert run("--version").output.strip() == f"ctxq {__version__}"
+    out = run("--help").output
+    for cmd in ("train-mask-prior", "train-denoiser", "impute", "evaluate"):
+        assert cmd in out
+
+
+def test_users_line_in_the_training_directory(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    result = run("impute", "obs.nc", "--mask", "mask.nc", "--ensemble", "4", "--quiet")
+    assert result.exit_code == 0, result.output
+    with netCDF4.Dataset(workdir / "obs_imputed.nc") as ds:
+        filled = ds.variables["sst"][:].filled(np.nan)
+        assert "sst_std" in ds.variables
+        assert ds.history.splitlines()[0].endswith(f"(ctxq {__version__})")
+        assert ds.ctxq_ensemble == 4
+    with netCDF4.Dataset(workdir / "obs.nc") as ds:
+        obs = ds.variables["sst"][:].filled(np.nan)
+    seen = np.isfinite(obs)
+    assert filled[seen].tobytes() == obs[seen].tobytes()
+    domain = seen.any(axis=0)  # the training domain: cells observed at least once
+    assert np.isfinite(filled[:, domain]).all() and np.isnan(filled[:, ~domain]).all()
+    result = run("evaluate", workdir / "obs_imputed.nc", "--truth", workdir / "truth.nc",
+                 "--mask", workdir / "mask.nc")
+    assert result.exit_code == 0, result.output
+    assert "RMSE" in result.output and "sst" in result.output
+
+
+def test_scripted_form_and_members(workdir, tmp_path):
+    out = tmp_path / "out.nc"
+    result = run("impute", workdir / "obs.nc", "--var", "sst", "--checkpoint",
+                 workdir / "denoiser.safetensors", "--ensemble", "3", "-o", out, "--members",
+                 "--steps", "2", "--quiet")
+    assert result.exit_code == 0, result.output
+    with netCDF4.Dataset(out) as ds:
+        assert {"sst", "sst_std", "sst_members"} <= set(ds.variables)
+        assert ds.variables["sst_members"].dimensions == ("member", "time", "lat", "lon")
+
+
+def test_npz_in_npz_out(workdir, tmp_path):
+    values = smooth_field(4, 16, 16, seed=5)
+    observed = np.random.default_rng(5).random(values.shape) < 0.5
+    np.savez(tmp_path / "obs.npz", data=np.where(observed, values, np.nan))
+    out = tmp_path / "out.npz"
+    # The checkpoint's variable is 'sst'; an NPZ's is 'data': refused with one line.
+    result = run("impute", tmp_path / "obs.npz", "--checkpoint", workdir / "denoiser.safetensors",
+                 "-o", out)
+    assert result.exit_code == 1 and "do not match the checkpoint" in result.output
+    np.savez(tmp_path / "sst.npz", sst=np.where(observed, values, np.nan))
+    result = run("impute", tmp_path / "sst.npz", "--checkpoint", workdir / "denoiser.safetensors",
+                 "-o", out, "--ensemble", "2", "--quiet")
+    assert result.exit_code == 0, result.output
+    with np.load(out) as npz:
+        assert np.isfinite(npz["sst"]).sum() > 0.9 * npz["sst"].size and "sst_std" in npz.files
+
+
+@pytest.mark.parametrize("args, message", [
+    (["impute", "absent.nc"], "absent.nc: no such file"),
+    (["impute", "obs.nc", "--var", "chl", "-o", "new.nc"], "no variable 'chl' (available: sst)"),
+    (["impute", "obs.nc", "--mask", "small.nc", "-o", "new.nc"], "does not match"),
+    (["impute", "obs.nc", "--checkpoint", "mask.nc", "-o", "new.nc"],
+     "not a readable safetensors"),
+    (["impute", "obs.nc", "-o", "obs.nc"], "would overwrite an input"),
+    (["impute", "obs.nc", "-o", "truth.nc"], "output exists"),
+    (["train-denoiser", "obs.nc", "--window", "50", "-o", "new.safetensors"],
+     "fewer than --window 50"),
+    (["train-denoiser", "obs.nc", "--partition", "magic"], "--partition must be"),
+    (["train-mask-prior", "obs.nc", "-o", "prior.safetensors"], "not available in this version"),
+    (["evaluate", "obs_imputed.nc", "--truth", "truth.nc"], "give --mask"),
+])
+def test_user_errors_are_one_line(workdir, monkeypatch, args, message):
+    monkeypatch.chdir(workdir)
+    write_mask_nc(workdir / "small.nc", np.ones((12, 8, 8), bool))
+    result = run(*args)
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("ctxq: error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in result.output

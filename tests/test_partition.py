@@ -1,0 +1,112 @@
+"""Partitions: context and query inside the observation, positivity, structure, auto choice."""
+
+import numpy as np
+import pytest
+import torch
+
+from ctxq_cli.partition import (BlockPartition, EmpiricalPartition, PixelPartition,
+                                build_partition, choose_partition, mask_structure,
+                                query_probability)
+
+
+def _observed(shape=(4, 3, 16, 16), p=0.5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=g) < p
+
+
+def _pool(seed=1):
+    return _observed((32, 3, 16, 16), p=0.6, seed=seed)
+
+
+PARTITIONS = [
+    PixelPartition(ratio=0.7),
+    PixelPartition(ratio=0.5, overlap=0.3),
+    BlockPartition(size=4, ratio=0.6),
+    EmpiricalPartition(pool=_pool()),
+]
+
+
+@pytest.mark.parametrize("partition", PARTITIONS, ids=lambda p: p.name)
+def test_context_and_query_are_inside_the_observation(partition):
+    observed = _observed()
+    context, query = partition.sample(observed, torch.Generator().manual_seed(3))
+    assert context.dtype == torch.bool and context.shape == observed.shape
+    assert not (context & ~observed).any()
+    assert not (query & ~observed).any()
+    assert ((context | query) == observed).all()  # every observed cell plays a role
+
+
+@pytest.mark.parametrize("partition", PARTITIONS, ids=lambda p: p.name)
+def test_every_observed_cell_is_queried_with_positive_probability(partition):
+    observed = _observed()
+    prob = query_probability(partition, observed, 200, torch.Generator().manual_seed(4))
+    assert (prob[observed] > 0).all()
+    assert (prob[~observed] == 0).all()
+
+
+def test_pixel_ratio_is_respected():
+    observed = torch.ones(8, 4, 32, 32, dtype=torch.bool)
+    context, query = PixelPartition(ratio=0.7).sample(observed, torch.Generator().manual_seed(0))
+    assert abs(context.float().mean() - 0.7) < 0.02
+    assert not (context & query).any()
+
+
+def test_overlap_queries_some_context_cells():
+    observed = torch.ones(8, 4, 32, 32, dtype=torch.bool)
+    context, query = PixelPartition(ratio=0.7, overlap=0.5).sample(
+        observed, torch.Generator().manual_seed(0))
+    assert abs((context & query).float().sum() / context.float().sum() - 0.5) < 0.03
+
+
+def test_blocks_are_whole_squares():
+    observed = torch.ones(2, 1, 32, 32, dtype=torch.bool)
+    context, query = BlockPartition(size=8, ratio=0.5).sample(
+        observed, torch.Generator().manual_seed(1))
+    assert query.any() and context.any()
+
+    def constant_blocks(img, oy, ox):
+        padded = torch.nn.functional.pad(img.float(), (8 - ox, ox, 8 - oy, oy), value=-1)
+        tiles = padded.unfold(0, 8, 8).unfold(1, 8, 8).reshape(-1, 64)
+        return all(len(set(t[t >= 0].tolist())) <= 1 for t in tiles)
+
+    # Some grid offset makes every 8×8 tile all-context or all-query.
+    assert any(constant_blocks(context[0, 0], oy, ox) for oy in range(8) for ox in range(8))
+
+
+def test_empirical_context_is_an_intersection():
+    pool = _pool()
+    observed = _observed(p=0.7)
+    context, _ = EmpiricalPartition(pool=pool).sample(observed, torch.Generator().manual_seed(2))
+    # Each sample's context equals observed ∧ one pool mask.
+    for b in range(len(observed)):
+        assert any(((observed[b] & pool[n]) == context[b]).all() for n in range(len(pool)))
+
+
+def test_build_partition_round_trip():
+    for p in PARTITIONS:
+        rebuilt = build_partition(p.config(), getattr(p, "pool", None))
+        assert rebuilt.config() == p.config()
+
+
+def test_mask_structure_and_auto_choice():
+    rng = np.random.default_rng(0)
+    domain = np.ones((32, 32), bool)
+    iid = rng.random((20, 32, 32)) < 0.3
+    s = mask_structure(iid, domain)
+    assert abs(s.missing_fraction - 0.7) < 0.02 and abs(s.neighbour_correlation) < 0.05
+    part, _ = choose_partition(s, 0.7, 0.0, None)
+    assert part.name == "pixel"
+
+    clouds = np.ones((20, 32, 32), bool)
+    for t in range(20):  # moving square gaps: clustered and time-varying
+        y, x = rng.integers(0, 20, 2)
+        clouds[t, y:y + 12, x:x + 12] = False
+    s = mask_structure(clouds, domain)
+    assert s.neighbour_correlation > 0.5 and s.temporal_change > 0.02
+    part, _ = choose_partition(s, 0.7, 0.0, torch.from_numpy(clouds[:, None]))
+    assert part.name == "empirical"
+
+    static = np.repeat(clouds[:1], 20, axis=0)
+    part, why = choose_partition(mask_structure(static, domain), 0.7, 0.0,
+                                 torch.from_numpy(static[:, None]))
+    assert part.name == "block" and "static" in why
