@@ -5,13 +5,15 @@ Decoding turns a raw array ``r`` with CF attributes into physical values and a m
     missing = r ∈ F  ∨  r outside the valid range  ∨  ¬finite(decoded)
     value   = r · scale_factor + add_offset            (where not missing, else 0)
 
-where ``F`` is the union of ``_FillValue`` and ``missing_value`` (scalars or lists).
-Order follows CF: mask first (in packed units), then scale. Packed integers are promoted
-to float32; float64 stays float64, so that observed values can be written back exactly.
+where ``F`` is the union of ``_FillValue`` and ``missing_value`` (scalars or lists), compared
+in the variable's own type (as the netCDF library does). Order follows CF: mask first (in packed
+units), then scale. Integers flagged ``_Unsigned = "true"`` are read as unsigned. Packed
+integers are promoted to float32; float64 stays float64, so that observed values can be
+written back exactly.
 
 Valid-range policy: ``valid_range``, ``valid_min`` and ``valid_max`` mark values outside them
-as missing. CF states them in packed units when they have the packed variable's type; an
-attribute of a different (floating) type on an integer variable is read in physical units.
+as missing. CF states them in packed units when they are integers on an integer variable (or
+floats on a float variable); a floating bound on an integer variable is read in physical units.
 
 Encoding is the inverse: ``decode(encode(v, m, enc), enc.attrs) == (v, m)`` for every ``v``
 representable in the packed type (tested for int16 + scale_factor + add_offset + _FillValue).
@@ -22,13 +24,14 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 PACKING_ATTRS = ("_FillValue", "missing_value", "scale_factor", "add_offset",
-                 "valid_range", "valid_min", "valid_max")
+                 "valid_range", "valid_min", "valid_max", "_Unsigned")
 
 # netCDF-C default fill values, used when a variable declares none (as the library does).
 _DEFAULT_FILL = {
@@ -74,15 +77,22 @@ def _as_list(value: Any) -> list:
     return list(np.atleast_1d(np.asarray(value)).ravel())
 
 
-def fill_values(raw_dtype: np.dtype, attrs: Mapping[str, Any]) -> list:
-    """The union of ``_FillValue`` and ``missing_value``, or the netCDF default fill."""
+def fill_values(raw_dtype: np.dtype, attrs: Mapping[str, Any], default_fill: bool = True) -> list:
+    """The union of ``_FillValue`` and ``missing_value`` in the raw type, or the default fill."""
     values = []
     for name in ("_FillValue", "missing_value"):
         if name in attrs:
             values += _as_list(attrs[name])
-    if not values and raw_dtype.kind in "iuf" and raw_dtype.itemsize > 1:
+    if not values and default_fill and raw_dtype.str[1:] in _DEFAULT_FILL:
         values.append(_DEFAULT_FILL[raw_dtype.str[1:]])
-    return values
+    out = []
+    for v in values:
+        with np.errstate(invalid="ignore", over="ignore"):
+            cast = np.asarray(v).astype(raw_dtype) if raw_dtype.kind in "iuf" else v
+        if raw_dtype.kind in "iu" and float(cast) != float(v):
+            continue  # a fill value the type cannot hold never matches
+        out.append(cast)
+    return out
 
 
 def _valid_bounds(attrs: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -93,22 +103,39 @@ def _valid_bounds(attrs: Mapping[str, Any]) -> tuple[Any, Any]:
     return attrs.get("valid_min"), attrs.get("valid_max")
 
 
-def decode(raw: np.ndarray, attrs: Mapping[str, Any]) -> Decoded:
-    """Decode a raw CF variable into physical values and a missing mask."""
+def _unsigned(raw: np.ndarray, attrs: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Reinterpret signed integers flagged ``_Unsigned = "true"``, with their attributes."""
+    if raw.dtype.kind != "i" or str(attrs.get("_Unsigned", "")).lower() != "true":
+        return raw, dict(attrs)
+    udtype = np.dtype(f"u{raw.dtype.itemsize}")
+    fixed = dict(attrs)
+    for key in ("_FillValue", "missing_value", "valid_range", "valid_min", "valid_max"):
+        if key in fixed and np.asarray(fixed[key]).dtype.kind == "i":
+            fixed[key] = np.asarray(fixed[key]).astype(raw.dtype).view(udtype)
+    return raw.view(udtype), fixed
+
+
+def decode(raw: np.ndarray, attrs: Mapping[str, Any], default_fill: bool = True) -> Decoded:
+    """Decode a raw CF variable into physical values and a missing mask.
+
+    ``default_fill`` treats the netCDF default fill value as missing when none is declared
+    (true for NetCDF variables, false for NPZ arrays).
+    """
     raw = np.asarray(raw)
     if raw.dtype.kind not in "iufb":
         raise TypeError(f"cannot decode values of type {raw.dtype}")
+    raw, attrs = _unsigned(raw, attrs)
     missing = np.zeros(raw.shape, dtype=bool)
     counts: dict[str, int] = {}
 
-    for fv in fill_values(raw.dtype, attrs):
+    for fv in fill_values(raw.dtype, attrs, default_fill):
         hit = np.isnan(raw) if (raw.dtype.kind == "f" and np.isnan(fv)) else (raw == fv)
         missing |= hit
     counts["fill"] = int(missing.sum())
 
     scale = float(np.asarray(attrs.get("scale_factor", 1.0)).ravel()[0])
     offset = float(np.asarray(attrs.get("add_offset", 0.0)).ravel()[0])
-    work = np.float64 if raw.dtype == np.float64 or raw.dtype.itemsize >= 4 else np.float32
+    work = np.float64 if raw.dtype.itemsize >= 4 else np.float32
     decoded = raw.astype(work)
     if scale != 1.0:
         decoded = decoded * scale
@@ -117,9 +144,11 @@ def decode(raw: np.ndarray, attrs: Mapping[str, Any]) -> Decoded:
 
     lo, hi = _valid_bounds(attrs)
     if lo is not None or hi is not None:
-        # Bounds of the packed type apply to packed values; float bounds on ints are physical.
-        packed_units = any(np.asarray(b).dtype.kind == raw.dtype.kind
-                           for b in (lo, hi) if b is not None)
+        # Integer bounds on integers, float bounds on floats: packed units; else physical.
+        def kind(a: Any) -> str:
+            return "int" if np.asarray(a).dtype.kind in "iub" else "float"
+
+        packed_units = any(kind(b) == kind(raw) for b in (lo, hi) if b is not None)
         ref = raw if packed_units else decoded
         out = np.zeros(raw.shape, dtype=bool)
         if lo is not None:

@@ -65,7 +65,9 @@ def load(path: Path | str, kind: str) -> Checkpoint:
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError:
-        raise CtxqError(f"{path}: checkpoint metadata is corrupted") from None
+        meta = None
+    if not isinstance(meta, dict):
+        raise CtxqError(f"{path}: checkpoint metadata is corrupted")
     if meta.get("kind") != kind:
         raise CtxqError(f"{path}: checkpoint holds a {meta.get('kind', 'unknown')} model, "
                         f"not a {kind}")

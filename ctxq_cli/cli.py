@@ -7,8 +7,9 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated
 
 import numpy as np
 import typer
@@ -33,11 +34,11 @@ EXIT_INTERNAL_ERROR = 3
 
 DataArg = Annotated[Path, typer.Argument(help="Field to read: NetCDF (.nc) or NPZ (.npz).",
                                          show_default=False)]
-MaskOpt = Annotated[Optional[Path], typer.Option(
+MaskOpt = Annotated[Path | None, typer.Option(
     "--mask", help="Observation mask file (variable 'mask', 1 = observed), time-varying or 2-D.")]
-VarOpt = Annotated[Optional[list[str]], typer.Option(
+VarOpt = Annotated[list[str] | None, typer.Option(
     "--var", help="Variable to read; repeat for several (stacked as channels).")]
-DomainOpt = Annotated[Optional[Path], typer.Option(
+DomainOpt = Annotated[Path | None, typer.Option(
     "--domain", help="2-D domain mask (nonzero = cells to fill and score, e.g. sea).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; same seed, same result.")]
@@ -66,6 +67,8 @@ def reporting(quiet: bool) -> Iterator[bool]:
                         format="ctxq: %(message)s", stream=sys.stderr, force=True)
     try:
         yield (not quiet) and sys.stderr.isatty()
+    except (typer.Exit, typer.Abort):
+        raise
     except CtxqError as exc:
         typer.echo(f"ctxq: error: {exc}", err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
@@ -75,15 +78,24 @@ def reporting(quiet: bool) -> Iterator[bool]:
     except MemoryError:
         typer.echo("ctxq: error: out of memory (try a smaller --batch-size)", err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
-    except (typer.Exit, typer.Abort):
-        raise
+    except RuntimeError as exc:
+        if "out of memory" not in str(exc).lower():
+            raise _internal(exc) from None
+        typer.echo("ctxq: error: out of device memory (try a smaller --batch-size or "
+                   "--device cpu)", err=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
     except Exception as exc:  # a bug, not a user error: still one line unless asked
-        if os.environ.get("CTXQ_DEBUG"):
-            raise
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        typer.echo(f"ctxq: internal error: {type(exc).__name__}: {first} "
-                   "(set CTXQ_DEBUG=1 for a traceback)", err=True)
-        raise typer.Exit(EXIT_INTERNAL_ERROR) from None
+        raise _internal(exc) from None
+
+
+def _internal(exc: BaseException) -> BaseException:
+    """Report an unexpected exception in one line (re-raised whole under CTXQ_DEBUG)."""
+    if os.environ.get("CTXQ_DEBUG"):
+        return exc
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    typer.echo(f"ctxq: internal error: {type(exc).__name__}: {first} "
+               "(set CTXQ_DEBUG=1 for a traceback)", err=True)
+    return typer.Exit(EXIT_INTERNAL_ERROR)
 
 
 def _device(name: str):
@@ -104,8 +116,8 @@ def _command_line() -> str:
     return "ctxq " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def _load_inputs(data: Path, mask: Optional[Path], var: Optional[list[str]],
-                 domain: Optional[Path]):
+def _load_inputs(data: Path, mask: Path | None, var: list[str] | None,
+                 domain: Path | None):
     """Read a field, its mask and its domain; log what was found."""
     from ctxq_cli import io
 
@@ -132,22 +144,26 @@ def train_denoiser(
         help="Context/query partition: auto, pixel, block or empirical.")] = "auto",
     context_ratio: Annotated[float, typer.Option(
         help="Share of observed cells kept as context (pixel, block).", min=0.05,
-        max=0.99)] = 0.7,
-    block_size: Annotated[Optional[int], typer.Option(
+        max=0.99)] = 0.8,
+    block_size: Annotated[int | None, typer.Option(
         help="Block side in cells for --partition block (default: from the masks).",
         min=1)] = None,
     channels: Annotated[str, typer.Option(help="U-Net widths per level.")] = "32,64,96",
+    stem_patch: Annotated[int, typer.Option(
+        help="Fold p×p cells into channels at the network's input (1 = full resolution, "
+             "about 4× slower than 2).", min=1, max=4)] = 2,
     steps: Annotated[int, typer.Option(help="Optimiser steps at most.", min=1)] = 20000,
-    max_minutes: Annotated[Optional[float], typer.Option(
+    max_minutes: Annotated[float | None, typer.Option(
         help="Stop after this many minutes.", min=0.01)] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).", min=0)] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="Samples per optimiser step.", min=1)] = 8,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).", min=0)] = 2e-3,
     patch: Annotated[int, typer.Option(help="Train on random patches of this size on larger "
                                             "grids.", min=8)] = 128,
     val_fraction: Annotated[float, typer.Option(
         help="Share of frames (the last ones) held out for validation.", min=0, max=0.5)] = 0.1,
-    log_file: Annotated[Optional[Path], typer.Option(
-        "--log", help="JSON-lines training log.")] = None,
+    log_file: Annotated[Path | None, typer.Option(
+        "--log", help="JSON-lines training log (default: beside the checkpoint, .log.jsonl).",
+        show_default=False)] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
@@ -164,19 +180,19 @@ def train_denoiser(
                             f"not '{partition}'")
         widths = _parse_channels(channels)
         io.check_output(output, overwrite, [data, mask, domain])
+        log_path = log_file or output.with_suffix(".log.jsonl")
+        io.check_output(log_path, True, [data, mask, domain])
         fld, dom = _load_inputs(data, mask, var, domain)
         if fld.frames < window:
             raise CtxqError(f"{data}: {fld.frames} frames, fewer than --window {window}")
         options = TrainOptions(window=window, partition=partition, context_ratio=context_ratio,
-                               block_size=block_size, channels=widths, steps=steps,
+                               block_size=block_size, channels=widths, stem_patch=stem_patch,
+                               steps=steps,
                                max_minutes=max_minutes, batch_size=batch_size, lr=lr,
                                patch=patch, val_fraction=val_fraction, seed=seed)
         dev = _device(device)
         log.info("training on %s", dev)
-        with contextlib.ExitStack() as stack:
-            log_io = open_log(log_file)
-            if log_io is not None:
-                stack.callback(log_io.close)
+        with open_log(log_path) as log_io:
             model = train(fld.values, fld.observed, dom, fld.names, options, dev, log_io,
                           progress)
         model.training["command"] = _command_line()
@@ -208,7 +224,7 @@ def impute(
     steps: Annotated[int, typer.Option(
         help="Sampler steps S: 1 = single-step ensemble mean, >1 = posterior samples.",
         min=1)] = 1,
-    output: Annotated[Optional[Path], typer.Option(
+    output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Output file (default: <input stem>_imputed.nc/.npz).")] = None,
     members: Annotated[bool, typer.Option(help="Also write every ensemble member.")] = False,
     batch_size: Annotated[int, typer.Option(help="Denoiser passes per batch.", min=1)] = 64,
@@ -223,8 +239,8 @@ def impute(
         from ctxq_cli.impute import impute_field
         from ctxq_cli.model import DenoiserModel
 
-        out = output or Path(data.stem + "_imputed" + (".npz" if data.suffix == ".npz"
-                                                       else ".nc"))
+        fmt = io.file_format(data)
+        out = output or Path(data.stem + "_imputed" + (".npz" if fmt == "npz" else ".nc"))
         io.check_output(out, overwrite, [data, mask, domain, checkpoint])
         dev = _device(device)
         model = DenoiserModel.load(checkpoint, dev)
@@ -248,7 +264,7 @@ def impute(
         log.info("wrote %s", out)
 
 
-def _default_vars(data: Path, wanted: list[str]) -> Optional[list[str]]:
+def _default_vars(data: Path, wanted: list[str]) -> list[str] | None:
     """The checkpoint's variables when the file has them all, else None (auto choice)."""
     from ctxq_cli import io
 
@@ -296,10 +312,10 @@ def _write_imputation(out: Path, fld, result, checkpoint: Path, ensemble: int, s
 def evaluate(
     data: Annotated[Path, typer.Argument(help="Imputed field (output of 'ctxq impute').",
                                          show_default=False)],
-    truth: Annotated[Optional[Path], typer.Option(help="Complete reference field.")] = None,
+    truth: Annotated[Path | None, typer.Option(help="Complete reference field.")] = None,
     mask: MaskOpt = None,
     var: VarOpt = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(
+    checkpoint: Annotated[Path | None, typer.Option(
         help="Denoiser for cross-validation (hide observations, impute, score).")] = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -324,14 +340,16 @@ def evaluate(
             raise CtxqError(f"{truth}: shape {ref.values.shape} does not match {data} "
                             f"{est.values.shape}")
         if gaps.shape[-2:] != est.grid or gaps.shape[0] not in (1, est.frames):
-            raise CtxqError(f"{mask}: mask shape {gaps.shape[::2]} does not match {data}")
+            raise CtxqError(f"{mask}: mask shape {gaps.shape} does not match {data} "
+                            f"{est.values.shape}")
         cells = np.broadcast_to(gaps, est.values.shape) & est.observed & ref.observed
-        domain = est.observed.any(axis=(0, 1))
-        result = scores(est.values, ref.values, cells, domain[None, None])
+        valid = ref.observed & est.observed.any(axis=(0, 1))[None, None]
         typer.echo(f"{'variable':<16}{'cells':>10}{'RMSE':>12}{'MAE':>12}{'bias':>12}"
                    f"{'VRMSE':>10}")
-        typer.echo(f"{','.join(est.names):<16}{result['cells']:>10}{result['rmse']:>12.5g}"
-                   f"{result['mae']:>12.5g}{result['bias']:>12.4g}{result['vrmse']:>10.4f}")
+        for c, name in enumerate(est.names):
+            r = scores(est.values[:, c], ref.values[:, c], cells[:, c], valid[:, c])
+            typer.echo(f"{name:<16}{r['cells']:>10}{r['rmse']:>12.5g}{r['mae']:>12.5g}"
+                       f"{r['bias']:>12.4g}{r['vrmse']:>10.4f}")
 
 
 @app.command("train-mask-prior")

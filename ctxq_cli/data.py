@@ -25,7 +25,7 @@ class Normalization:
     std: tuple[float, ...]
 
     @classmethod
-    def fit(cls, values: np.ndarray, observed: np.ndarray) -> "Normalization":
+    def fit(cls, values: np.ndarray, observed: np.ndarray) -> Normalization:
         """Mean and standard deviation of observed values per variable (axis 1)."""
         means, stds = [], []
         for c in range(values.shape[1]):

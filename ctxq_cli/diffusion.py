@@ -27,8 +27,8 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -45,7 +45,7 @@ class NoiseSchedule:
     sigma_max: float = 20.0
     p_mean: float = -1.2
     p_std: float = 1.2
-    low_noise_fraction: float = 0.5   # share of training draws at sigma_min (the S=1 regime)
+    low_noise_fraction: float = 0.8   # share of training draws at sigma_min (the S=1 regime)
     rho: float = 7.0
 
     def sample(self, n: int, generator: torch.Generator, device: torch.device) -> Tensor:
@@ -130,7 +130,7 @@ def single_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Te
     for g in generators:
         c, _ = partition.sample(observed[None], g)
         ctx.append(c[0])
-        noisy.append(add_noise(values[None], torch.tensor([sigma]), g)[0])
+        noisy.append(add_noise(values[None], torch.full((1,), sigma, device=values.device), g)[0])
     ctx_t, noisy_t = torch.stack(ctx), torch.stack(noisy) * torch.stack(ctx)
     sig = torch.full((k,), sigma, device=values.device)
     dom = domain[None].expand(k, -1, -1, -1)
@@ -168,13 +168,13 @@ def multi_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Ten
         sigma = sigmas[i]
         ctx = []
         for g in generators:
-            dy, dx = (int(v) for v in torch.randint(0, max(h, w), (2,), generator=g,
-                                                    device=g.device))
-            rolled = torch.roll(observed, shifts=(dy % h, dx % w), dims=(-2, -1)) & inside
+            dy = int(torch.randint(0, h, (1,), generator=g, device=g.device))
+            dx = int(torch.randint(0, w, (1,), generator=g, device=g.device))
+            rolled = torch.roll(observed, shifts=(dy, dx), dims=(-2, -1)) & inside
             ctx.append(partition.sample(rolled[None], g)[0][0])
         ctx_t = torch.stack(ctx)
-        sig = sigma.expand(k)
-        pred = _batched(lambda s: denoiser(x[s] * ctx_t[s], sig[s], ctx_t[s], dom[s]), k, batch)
+        pred = _batched(lambda s, x=x, c=ctx_t, n=sigma.expand(k): denoiser(x[s] * c[s], n[s],
+                                                                          c[s], dom[s]), k, batch)
         w_t = omega(i / max(steps - 1, 1), omega_shape)
         x0 = w_t * pred + (1 - w_t) * prior_mean[None]
         x0 = torch.where(obs, values[None], x0)

@@ -2,9 +2,11 @@
 
 Ensemble member k tiles time with windows of W frames starting at offset k mod W, so every
 frame is estimated once per member, from a different window position and context mask, at a
-cost of K/W denoiser passes per frame. Member k's randomness comes from its own generator
-seeded by (seed, k, window start), so it is identical whatever the batch size or device.
-Observed cells are copied back from the input; cells outside the domain are NaN.
+cost of K/W denoiser passes per frame (windows clipped at the ends overlap; a frame then comes
+from the window where it sits most centrally). Member k's randomness comes from its own
+generator seeded by (seed, k, window start, stage), so on a given device it does not depend on
+the batch size. Observed cells are copied back from the input; cells outside the domain are
+NaN, except observed ones, which are kept as they are.
 """
 
 from __future__ import annotations
@@ -35,17 +37,30 @@ class Imputation:
     members: np.ndarray | None   # (K, T, C, H, W)
 
 
-def window_starts(frames: int, window: int, offset: int) -> list[int]:
-    """Starts of windows tiling [0, frames) from ``-offset``, clipped inside the range."""
+def window_plan(frames: int, window: int, offset: int) -> list[tuple[int, int, int]]:
+    """Windows tiling [0, frames) from ``-offset``: (start, first, stop) with each frame in one.
+
+    Windows are clipped inside the range; frame f is taken from the window whose centre is
+    nearest, and ``[first, stop)`` are the frames (relative to ``start``) that window supplies.
+    """
     if frames <= window:
-        return [0]
-    starts = range(-offset, frames, window)
-    return sorted({min(max(s, 0), frames - window) for s in starts})
+        return [(0, 0, frames)]
+    starts = sorted({min(max(s, 0), frames - window) for s in range(-offset, frames, window)})
+    owner = [min((s for s in starts if s <= f < s + window),
+                 key=lambda s: (abs(f - s - (window - 1) / 2), s)) for f in range(frames)]
+    plan = []
+    for s in starts:
+        mine = [f - s for f in range(frames) if owner[f] == s]
+        if mine:
+            plan.append((s, mine[0], mine[-1] + 1))
+    return plan
 
 
-def member_generator(seed: int, member: int, start: int, device: torch.device) -> torch.Generator:
-    """The generator of one member on one window: a function of (seed, member, start) only."""
-    state = np.random.SeedSequence([seed, member, start + 1]).generate_state(2, dtype=np.uint64)
+def member_generator(seed: int, member: int, start: int, stage: int,
+                     device: torch.device) -> torch.Generator:
+    """The generator of one member on one window and sampler stage."""
+    state = np.random.SeedSequence([seed, member, start + 1, stage]).generate_state(
+        2, dtype=np.uint64)
     return torch.Generator(device=device).manual_seed(int(state[0] >> np.uint64(1)))
 
 
@@ -58,43 +73,42 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
     t, c, h, w = values.shape
     win = model.window
     multiple = model.denoiser.net.config.multiple
-    observed = observed & domain[None, None]
-    normed = model.normalization.apply(values, observed)
+    outside = observed & ~domain[None, None]
+    if outside.any():
+        log.warning("%d observed values lie outside the model's domain: kept, never filled",
+                    int(outside.sum()))
+    seen = observed & domain[None, None]
+    normed = model.normalization.apply(values, seen)
     frames = max(t, win)
-    pad_t = frames - t
-    v = torch.from_numpy(pad_grid(np.pad(normed, [(0, pad_t), (0, 0), (0, 0), (0, 0)]),
-                                  multiple)).to(device)
-    o = torch.from_numpy(pad_grid(np.pad(observed, [(0, pad_t), (0, 0), (0, 0), (0, 0)]),
-                                  multiple)).to(device)
+    pad_t = [(0, frames - t), (0, 0), (0, 0), (0, 0)]
+    v = torch.from_numpy(pad_grid(np.pad(normed, pad_t), multiple)).to(device)
+    o = torch.from_numpy(pad_grid(np.pad(seen, pad_t), multiple)).to(device)
     dom = torch.from_numpy(pad_grid(domain, multiple))[None].to(device)
     hp, wp = v.shape[-2:]
 
-    jobs: dict[int, list[int]] = {}
+    jobs: dict[int, list[tuple[int, int, int]]] = {}   # start -> [(member, first, stop)]
     for k in range(ensemble):
-        for s in window_starts(frames, win, k % win):
-            jobs.setdefault(s, []).append(k)
+        for s, first, stop in window_plan(frames, win, k % win):
+            jobs.setdefault(s, []).append((k, first, stop))
 
-    def run(sampler_label: str, sampler) -> np.ndarray:
-        sums = torch.zeros((ensemble, frames, c, hp, wp), device=device)
-        counts = torch.zeros((ensemble, frames), device=device)
-        for s in tqdm(sorted(jobs), desc=sampler_label, disable=not progress, unit="window"):
-            ks = jobs[s]
-            gens = [member_generator(seed, k, s, device) for k in ks]
+    def run(label: str, stage: int, sampler) -> np.ndarray:
+        est = torch.zeros((ensemble, frames, c, hp, wp), device=device)
+        for s in tqdm(sorted(jobs), desc=label, disable=not progress, unit="window"):
+            gens = [member_generator(seed, k, s, stage, device) for k, _, _ in jobs[s]]
             wv = v[s:s + win].reshape(win * c, hp, wp)
             wo = o[s:s + win].reshape(win * c, hp, wp)
-            out = sampler(s, wv, wo, gens).reshape(len(ks), win, c, hp, wp)
-            idx = torch.tensor(ks, device=device)
-            sums[idx, s:s + win] += out
-            counts[idx, s:s + win] += 1
-        return (sums / counts.clamp(min=1)[:, :, None, None, None]).cpu().numpy()
+            out = sampler(s, wv, wo, gens).reshape(len(gens), win, c, hp, wp)
+            for i, (k, first, stop) in enumerate(jobs[s]):
+                est[k, s + first:s + stop] = out[i, first:stop]
+        return est.cpu().numpy()
 
     den = model.denoiser.to(device).eval()
     sigma = model.schedule.sigma_min
-    est = run("impute", lambda s, wv, wo, g: single_step(den, wv, wo, dom, model.partition,
-                                                         sigma, g, batch))
+    est = run("impute", 0, lambda s, wv, wo, g: single_step(den, wv, wo, dom, model.partition,
+                                                            sigma, g, batch))
     if steps > 1:
         prior = torch.from_numpy(est.mean(axis=0)).to(device)
-        est = run(f"sample ({steps} steps)", lambda s, wv, wo, g: multi_step(
+        est = run(f"sample ({steps} steps)", 1, lambda s, wv, wo, g: multi_step(
             den, wv, wo, dom, prior[s:s + win].reshape(win * c, hp, wp), model.partition,
             model.schedule, steps, g, omega_shape, batch))
 

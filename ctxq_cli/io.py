@@ -18,10 +18,11 @@ import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ class Field:
     path: Path
     format: str                      # "netcdf" or "npz"
     names: list[str]
-    values: np.ndarray               # (T, C, H, W), float32 (float64 for float64 input), 0 = missing
+    values: np.ndarray               # (T, C, H, W) float32 (float64 input: float64), 0 = missing
     observed: np.ndarray             # (T, C, H, W) bool
     dims: tuple[str, ...] = ()       # the variables' dims on disk, singletons included
     shape: tuple[int, ...] = ()      # the variables' shape on disk
@@ -121,6 +122,14 @@ def _open_netcdf(path: Path) -> Iterator[Any]:
         ds.close()
 
 
+def _read(path: Path, var: Any) -> np.ndarray:
+    """All values of a netCDF4 variable, raw; a read failure is a one-line error."""
+    try:
+        return var[...]
+    except (RuntimeError, OSError, ValueError, IndexError) as exc:
+        raise CtxqError(f"{path}: variable '{var.name}' cannot be read ({exc})") from None
+
+
 def _attrs(var: Any) -> dict[str, Any]:
     """All attributes of a netCDF4 variable or dataset."""
     return {k: var.getncattr(k) for k in var.ncattrs()}
@@ -138,7 +147,7 @@ def _data_variables(ds: Any) -> list[str]:
     for name, var in ds.variables.items():
         if name in ds.dimensions or name in linked or name == MASK_VARIABLE:
             continue
-        if var.dtype.kind not in "iufb" or var.ndim < 2:
+        if getattr(var.dtype, "kind", "O") not in "iufb" or var.ndim < 2:
             continue
         out.append(name)
     return out
@@ -167,6 +176,15 @@ def choose_variables(path: Path, available: dict[str, int], requested: Sequence[
                         f"(available: {listing})")
     raise CtxqError(f"{path}: several data variables, choose with --var: "
                     f"{', '.join(sorted(candidates))}")
+
+
+def _decode(path: Path, name: str, raw: Any, attrs: dict[str, Any],
+            default_fill: bool = True) -> Any:
+    """CF-decode one variable, turning unusable content into a one-line error."""
+    try:
+        return decode(np.asarray(raw), attrs, default_fill)
+    except (TypeError, ValueError, RuntimeError, OSError) as exc:
+        raise CtxqError(f"{path}: variable '{name}' cannot be decoded ({exc})") from None
 
 
 def _is_time(name: str, ds: Any = None) -> bool:
@@ -206,12 +224,9 @@ def layout(path: Path, var: str, dims: tuple[str, ...], shape: tuple[int, ...],
 def to_internal(array: np.ndarray, time_axis: int | None) -> np.ndarray:
     """Reshape an on-disk array to (T, H, W) by squeezing singletons."""
     if time_axis is None:
-        return array.reshape([n for n in array.shape if n > 1] or [1, 1])[None]
+        return array.reshape([n for n in array.shape if n > 1])[None]
     moved = np.moveaxis(array, time_axis, 0)
-    rest = [n for n in moved.shape[1:] if n > 1]
-    if len(rest) < 2:  # a grid edge of size 1 is legitimate
-        rest = [n for n in moved.shape[1:]][-2:]
-    return moved.reshape(moved.shape[0], *rest[-2:])
+    return moved.reshape(moved.shape[0], *[n for n in moved.shape[1:] if n > 1])
 
 
 def _read_netcdf(path: Path, requested: Sequence[str] | None) -> Field:
@@ -228,25 +243,18 @@ def _read_netcdf(path: Path, requested: Sequence[str] | None) -> Field:
             if tuple(var.dimensions) != dims:
                 raise CtxqError(f"{path}: variable '{name}' has dims {tuple(var.dimensions)}, "
                                 f"unlike '{names[0]}' {dims}; variables must share a grid")
-            try:
-                dec = decode(var[...], _attrs(var))
-            except (TypeError, ValueError, RuntimeError, OSError) as exc:
-                raise CtxqError(f"{path}: variable '{name}' cannot be decoded ({exc})") from None
+            dec = _decode(path, name, _read(path, var), _attrs(var))
             values.append(to_internal(dec.values, time_axis))
             missing.append(to_internal(dec.missing, time_axis))
             attrs.append({k: v for k, v in _attrs(var).items() if k not in PACKING_ATTRS})
             if dec.counts.get("out_of_range"):
                 log.info("%s: %s: %d values outside the valid range treated as missing",
                          path, name, dec.counts["out_of_range"])
-        coords = []
-        wanted = set(dims)
-        for cname in set().union(*(str(a.get("coordinates", "")).split() for a in attrs)):
-            if cname in ds.variables:
-                wanted.add(cname)
-        for cname in wanted:
-            if cname in ds.variables and set(ds.variables[cname].dimensions) <= set(dims):
-                cvar = ds.variables[cname]
-                coords.append(Coordinate(cname, tuple(cvar.dimensions), cvar[...], _attrs(cvar)))
+        wanted = set(dims).union(*(str(a.get("coordinates", "")).split() for a in attrs))
+        coords = [Coordinate(n, tuple(v.dimensions), _read(path, v), _attrs(v))
+                  for n, v in ds.variables.items()
+                  if n in wanted and set(v.dimensions) <= set(dims)
+                  and getattr(v.dtype, "kind", "O") in "iufbM"]
         unlimited = {d for d in dims if ds.dimensions[d].isunlimited()}
         global_attrs = _attrs(ds)
     data = np.stack(values, axis=1)
@@ -260,9 +268,13 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     """All arrays of an NPZ file, never unpickling."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, EOFError) as exc:
+            arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, EOFError, KeyError) as exc:
         raise CtxqError(f"{path}: cannot be read as NPZ ({exc})") from None
+    arrays = {k: v for k, v in arrays.items() if isinstance(v, np.ndarray)}
+    if not arrays:
+        raise CtxqError(f"{path}: a zip file without NumPy arrays, not an NPZ file")
+    return arrays
 
 
 def _npz_dims(ndim: int) -> tuple[str, ...]:
@@ -284,15 +296,14 @@ def _read_npz(path: Path, requested: Sequence[str] | None) -> Field:
         if arrays[name].shape != shape:
             raise CtxqError(f"{path}: array '{name}' has shape {arrays[name].shape}, "
                             f"unlike '{names[0]}' {shape}")
-        dec = decode(arrays[name], {})
+        dec = _decode(path, name, arrays[name], {}, default_fill=False)
         values.append(to_internal(dec.values, time_axis))
         missing.append(to_internal(dec.missing, time_axis))
     fld = Field(path=path, format="npz", names=names, values=np.stack(values, axis=1),
                 observed=~np.stack(missing, axis=1), dims=dims, shape=shape,
                 time_axis=time_axis, var_attrs=[{} for _ in names])
     if MASK_VARIABLE in arrays:
-        m = _mask_values(path, MASK_VARIABLE, arrays[MASK_VARIABLE], {})
-        apply_mask(fld, _mask_to_internal(path, MASK_VARIABLE, m, _npz_dims(m.ndim)), path)
+        apply_mask(fld, read_mask(path, names), path)
     return fld
 
 
@@ -311,11 +322,35 @@ def read_field(path: Path | str, variables: Sequence[str] | None = None,
 
 # ----------------------------------------------------------------------------- masks
 
-def _mask_values(path: Path, name: str, raw: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
+@dataclass
+class RawVariable:
+    """One variable as stored: raw values, attributes and dimension names."""
+
+    values: np.ndarray
+    attrs: dict[str, Any]
+    dims: tuple[str, ...]
+    default_fill: bool       # netCDF default fill applies (not for NPZ)
+
+
+def read_raw(path: Path, names: Sequence[str]) -> tuple[dict[str, RawVariable], list[str]]:
+    """The named variables that exist in a NetCDF or NPZ file, and all names available."""
+    if file_format(path) == "npz":
+        arrays = _load_npz(path)
+        found = {n: RawVariable(arrays[n], {}, _npz_dims(arrays[n].ndim), False)
+                 for n in names if n in arrays}
+        return found, sorted(arrays)
+    with _open_netcdf(path) as ds:
+        found = {n: RawVariable(_read(path, ds.variables[n]), _attrs(ds.variables[n]),
+                                tuple(ds.variables[n].dimensions), True)
+                 for n in names if n in ds.variables}
+        return found, sorted(ds.variables)
+
+
+def _mask_values(path: Path, name: str, var: RawVariable) -> np.ndarray:
     """A 0/1/NaN mask variable as booleans (True = observed)."""
-    if raw.dtype.kind == "b":
-        return raw.astype(bool)
-    dec = decode(raw, attrs)
+    if getattr(var.values.dtype, "kind", "O") == "b":
+        return var.values.astype(bool)
+    dec = _decode(path, name, var.values, var.attrs, var.default_fill)
     good = dec.values[~dec.missing]
     bad = good[(good != 0) & (good != 1)]
     if bad.size:
@@ -329,38 +364,28 @@ def read_mask(path: Path, names: Sequence[str]) -> np.ndarray:
 
     Returns booleans of shape (T, 1, H, W), (T, C, H, W) or (1, 1, H, W) for a static mask.
     """
-    fmt = file_format(path)
-    if fmt == "npz":
-        arrays = _load_npz(path)
-        if MASK_VARIABLE in arrays:
-            raw = arrays[MASK_VARIABLE]
-            m = _mask_values(path, MASK_VARIABLE, raw, {})
-            return _mask_to_internal(path, MASK_VARIABLE, m, _npz_dims(m.ndim))
-        if all(n in arrays for n in names):
-            per = [~decode(arrays[n], {}).missing for n in names]
-            return np.stack([_mask_to_internal(path, n, p, _npz_dims(p.ndim))[:, 0]
-                             for n, p in zip(names, per)], axis=1)
-        raise CtxqError(f"{path}: no array 'mask' (available: {', '.join(sorted(arrays))})")
-    with _open_netcdf(path) as ds:
-        if MASK_VARIABLE in ds.variables:
-            var = ds.variables[MASK_VARIABLE]
-            m = _mask_values(path, MASK_VARIABLE, var[...], _attrs(var))
-            return _mask_to_internal(path, MASK_VARIABLE, m, tuple(var.dimensions), ds)
-        if all(n in ds.variables for n in names):
-            per = []
-            for n in names:
-                var = ds.variables[n]
-                obs = ~decode(var[...], _attrs(var)).missing
-                per.append(_mask_to_internal(path, n, obs, tuple(var.dimensions), ds)[:, 0])
-            return np.stack(per, axis=1)
-        listing = ", ".join(sorted(ds.variables)) or "none"
-        raise CtxqError(f"{path}: no variable 'mask' or '{names[0]}' (available: {listing})")
+    found, available = read_raw(path, [MASK_VARIABLE, *names])
+    if MASK_VARIABLE in found:
+        var = found[MASK_VARIABLE]
+        return _mask_to_internal(path, MASK_VARIABLE, _mask_values(path, MASK_VARIABLE, var),
+                                 var.dims)
+    if not all(n in found for n in names):
+        raise CtxqError(f"{path}: no variable 'mask' or '{names[0]}' (available: "
+                        f"{', '.join(available) or 'none'})")
+    per = []
+    for n in names:
+        var = found[n]
+        seen = ~_decode(path, n, var.values, var.attrs, var.default_fill).missing
+        per.append(_mask_to_internal(path, n, seen, var.dims)[:, 0])
+    if len({p.shape for p in per}) > 1:
+        raise CtxqError(f"{path}: variables {', '.join(names)} differ in shape")
+    return np.stack(per, axis=1)
 
 
-def _mask_to_internal(path: Path, name: str, mask: np.ndarray, dims: tuple[str, ...],
-                      ds: Any = None) -> np.ndarray:
+def _mask_to_internal(path: Path, name: str, mask: np.ndarray,
+                      dims: tuple[str, ...]) -> np.ndarray:
     """A mask array as (T, 1, H, W); a 2-D mask becomes one static frame."""
-    time_axis = layout(path, name, dims, mask.shape, ds)
+    time_axis = layout(path, name, dims, mask.shape)
     return to_internal(mask, time_axis)[:, None]
 
 
@@ -383,23 +408,17 @@ def apply_mask(fld: Field, mask: np.ndarray, mask_path: Path) -> None:
 def read_domain(path: Path | str, grid: tuple[int, int]) -> np.ndarray:
     """Read a 2-D domain mask (nonzero = inside, to be filled and scored) of the given grid."""
     path = Path(path)
-    fmt = file_format(path)
-    if fmt == "npz":
-        arrays = _load_npz(path)
-        name = next((n for n in DOMAIN_VARIABLES if n in arrays), None)
-        if name is None:
-            raise CtxqError(f"{path}: no array named one of {', '.join(DOMAIN_VARIABLES)}")
-        dec = decode(arrays[name], {})
-    else:
+    found, available = read_raw(path, DOMAIN_VARIABLES)
+    if not found and file_format(path) == "netcdf":
         with _open_netcdf(path) as ds:
-            name = next((n for n in DOMAIN_VARIABLES if n in ds.variables), None)
-            if name is None:
-                twod = [n for n in _data_variables(ds) if ds.variables[n].ndim >= 2]
-                if len(twod) != 1:
-                    raise CtxqError(f"{path}: name the domain variable 'domain' (found: "
-                                    f"{', '.join(sorted(ds.variables)) or 'none'})")
-                name = twod[0]
-            dec = decode(ds.variables[name][...], _attrs(ds.variables[name]))
+            candidates = _data_variables(ds)
+        if len(candidates) == 1:
+            found, _ = read_raw(path, candidates)
+    if not found:
+        raise CtxqError(f"{path}: name the domain variable 'domain' (found: "
+                        f"{', '.join(available) or 'none'})")
+    name, var = next(iter(found.items()))
+    dec = _decode(path, name, var.values, var.attrs, var.default_fill)
     squeezed = dec.values.reshape([n for n in dec.values.shape if n > 1] or [1])
     if squeezed.shape != tuple(grid):
         raise CtxqError(f"{path}: domain '{name}' has shape {dec.values.shape}, data grid is "
@@ -443,6 +462,9 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     except OSError as exc:
         raise CtxqError(f"{path}: cannot write ({exc.strerror})") from None
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide outputs from the group
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -481,10 +503,10 @@ def _to_disk(fld: Field, values: np.ndarray) -> np.ndarray:
 
 def write_output(path: Path | str, template: Field, variables: Sequence[OutputVariable],
                  global_attrs: dict[str, Any], history: str) -> None:
-    """Write variables on the template's grid, as NetCDF or NPZ like the template."""
+    """Write variables on the template's grid: NPZ for a ``.npz`` path, else NetCDF-4."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        if template.format == "npz":
+        if path.suffix.lower() == ".npz":
             _write_npz(tmp, template, variables, global_attrs)
         else:
             _write_netcdf(tmp, template, variables, global_attrs, history)

@@ -3,10 +3,11 @@
 For estimate ``e``, truth ``u`` and scored cells ``S``::
 
     RMSE  = sqrt(mean_S (e − u)²)          MAE = mean_S |e − u|        bias = mean_S (e − u)
-    VRMSE = mean_t sqrt( mean_{S_t} (e − u)² / Var_{D_t}(u) )
+    VRMSE = mean_{t,c} sqrt( mean_{S_tc} (e − u)² / Var_{D_tc}(u) )
 
-where the variance in VRMSE is the spatial variance of the truth over the frame's domain
-``D_t``, so a score of 1 means "as bad as predicting the frame mean".
+where the variance in VRMSE is the spatial variance of the truth over the cells ``D_tc`` of
+frame t and variable c where it is known inside the domain, so a score of 1 means "as bad as
+predicting the frame mean".
 """
 
 from __future__ import annotations
@@ -33,29 +34,31 @@ def bias(estimate: np.ndarray, truth: np.ndarray, cells: np.ndarray) -> float:
 
 
 def vrmse(estimate: np.ndarray, truth: np.ndarray, cells: np.ndarray,
-          domain: np.ndarray) -> float:
-    """Per-frame RMSE over the truth's spatial standard deviation, averaged over frames.
+          valid: np.ndarray) -> float:
+    """Per-frame, per-variable RMSE over the truth's spatial std, averaged.
 
-    Arrays are (T, ..., H, W); ``domain`` broadcasts to them. Frames with no scored cell or
-    a constant truth are skipped.
+    Arrays are (T, ..., H, W); ``valid`` (broadcastable) marks where the truth is known inside
+    the domain, over which the variance is taken. Frames with no scored cell or a constant
+    truth are skipped.
     """
-    scores = []
-    dom = np.broadcast_to(domain, truth.shape)
-    for t in range(truth.shape[0]):
-        sel, inside = cells[t], dom[t]
+    scores_ = []
+    lead = truth.shape[:-2]
+    val = np.broadcast_to(valid, truth.shape)
+    for idx in np.ndindex(*lead):
+        sel, inside = cells[idx], val[idx]
         if not sel.any() or inside.sum() < 2:
             continue
-        var = float(np.var(truth[t][inside].astype(np.float64)))
+        var = float(np.var(truth[idx][inside].astype(np.float64)))
         if var <= 0:
             continue
-        mse = float(np.mean(((estimate[t] - truth[t])[sel]).astype(np.float64) ** 2))
-        scores.append(np.sqrt(mse / var))
-    return float(np.mean(scores)) if scores else float("nan")
+        mse = float(np.mean(((estimate[idx] - truth[idx])[sel]).astype(np.float64) ** 2))
+        scores_.append(np.sqrt(mse / var))
+    return float(np.mean(scores_)) if scores_ else float("nan")
 
 
 def scores(estimate: np.ndarray, truth: np.ndarray, cells: np.ndarray,
-           domain: np.ndarray) -> dict[str, float]:
+           valid: np.ndarray) -> dict[str, float]:
     """RMSE, MAE, bias and VRMSE on ``cells``, with the number of cells scored."""
     return {"rmse": rmse(estimate, truth, cells), "mae": mae(estimate, truth, cells),
-            "bias": bias(estimate, truth, cells), "vrmse": vrmse(estimate, truth, cells, domain),
+            "bias": bias(estimate, truth, cells), "vrmse": vrmse(estimate, truth, cells, valid),
             "cells": int(cells.sum())}

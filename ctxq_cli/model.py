@@ -57,12 +57,15 @@ class DenoiserModel:
     def save(self, path: Path | str, weights: dict[str, torch.Tensor] | None = None) -> None:
         """Write the model (or the given weights, e.g. EMA) to a safetensors checkpoint."""
         extras = {"domain": torch.from_numpy(self.domain.astype(np.uint8))}
+        meta = self.metadata()
         if isinstance(self.partition, EmpiricalPartition) and self.partition.pool is not None:
-            extras["mask_pool"] = self.partition.pool.to(torch.uint8)
-        checkpoint.save(path, self.metadata(), weights or self.denoiser.state_dict(), extras)
+            pool = self.partition.pool.numpy()
+            extras["mask_pool"] = torch.from_numpy(np.packbits(pool.ravel()))
+            meta["mask_pool_shape"] = list(pool.shape)
+        checkpoint.save(path, meta, weights or self.denoiser.state_dict(), extras)
 
     @classmethod
-    def load(cls, path: Path | str, device: torch.device | str = "cpu") -> "DenoiserModel":
+    def load(cls, path: Path | str, device: torch.device | str = "cpu") -> DenoiserModel:
         """Rebuild a model from a checkpoint file alone."""
         ckpt = checkpoint.load(path, KIND)
         meta = ckpt.meta
@@ -71,14 +74,17 @@ class DenoiserModel:
             config = UNetConfig(**{**cfg, "channels": tuple(cfg["channels"])})
             denoiser = Denoiser(config, sigma_data=float(meta.get("sigma_data", 1.0)))
             denoiser.load_state_dict(ckpt.weights)
-            pool = ckpt.extras.get("mask_pool")
+            pool = None
+            if "mask_pool" in ckpt.extras:  # bit-packed boolean masks
+                shape = meta["mask_pool_shape"]
+                bits = np.unpackbits(ckpt.extras["mask_pool"].numpy(), count=int(np.prod(shape)))
+                pool = torch.from_numpy(bits.reshape(shape).astype(bool))
             model = cls(
                 denoiser=denoiser.to(device).eval(),
                 schedule=NoiseSchedule(**meta["schedule"]),
                 normalization=Normalization(**{k: tuple(v) for k, v in
                                                meta["normalization"].items()}),
-                partition=build_partition(meta["partition"],
-                                          pool.bool() if pool is not None else None),
+                partition=build_partition(meta["partition"], pool),
                 variables=list(meta["variables"]),
                 window=int(meta["window"]),
                 domain=ckpt.extras["domain"].numpy().astype(bool),

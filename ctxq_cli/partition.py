@@ -11,7 +11,9 @@ observed cell is queried with positive probability given the context:
 - ``pixel``: each observed cell stays in the context with probability r;
 - ``block``: square blocks of side b are dropped from the context with probability 1 − r;
 - ``empirical``: ``M_ctx = M ∧ M'`` with ``M'`` another sample's observation mask, the
-  intersection rule that gives positivity for any mask topology without a hand-made rule.
+  intersection rule that gives positivity for any mask topology without a hand-made rule,
+  provided the masks vary (a cell observed in every mask is never queried; ``auto`` then picks
+  another partition).
 
 The optional overlap ``B`` also queries some context cells, so the denoiser learns to denoise
 what it sees (used by the multi-step sampler) besides filling what it does not.

@@ -17,9 +17,16 @@ from tqdm import tqdm
 
 from ctxq_cli.data import Normalization, Windows
 from ctxq_cli.diffusion import Denoiser, NoiseSchedule, context_query_loss, parameter_count
+from ctxq_cli.errors import CtxqError
 from ctxq_cli.model import DenoiserModel
-from ctxq_cli.partition import (BlockPartition, EmpiricalPartition, Partition, PixelPartition,
-                                choose_partition, mask_structure)
+from ctxq_cli.partition import (
+    BlockPartition,
+    EmpiricalPartition,
+    Partition,
+    PixelPartition,
+    choose_partition,
+    mask_structure,
+)
 from ctxq_cli.unet import UNetConfig
 
 log = logging.getLogger(__name__)
@@ -31,23 +38,24 @@ class TrainOptions:
 
     window: int = 3
     partition: str = "auto"
-    context_ratio: float = 0.7
+    context_ratio: float = 0.8
     block_size: int | None = None
     overlap: float = 0.0
     channels: tuple[int, ...] = (32, 64, 96)
+    stem_patch: int = 2
     steps: int = 20000
     max_minutes: float | None = None
-    batch_size: int = 16
-    lr: float = 1e-3
+    batch_size: int = 8
+    lr: float = 2e-3
     weight_decay: float = 0.0
-    warmup: int = 100
+    warmup: int = 20
     ema: float = 0.999
     grad_clip: float = 1.0
     seed: int = 0
     val_fraction: float = 0.1
     val_every: int = 250
     patch: int = 128
-    low_noise_fraction: float = 0.5
+    low_noise_fraction: float = 0.8
     pool_size: int = 512
 
 
@@ -95,6 +103,7 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
     torch.manual_seed(options.seed)
     gen = torch.Generator(device=device).manual_seed(options.seed)
     t = values.shape[0]
+    observed = observed & domain[None, None]  # cells outside the domain never take part
     norm = Normalization.fit(values, observed)
     normed = norm.apply(values, observed)
     n_val = int(round(t * options.val_fraction))
@@ -102,7 +111,7 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
         n_val = 0
     config = UNetConfig(in_channels=Denoiser.input_channels(options.window * values.shape[1]),
                         out_channels=options.window * values.shape[1],
-                        channels=tuple(options.channels))
+                        channels=tuple(options.channels), patch=options.stem_patch)
     train_w = Windows(normed, observed, domain, options.window, config.multiple, options.patch,
                       (0, t - n_val), device)
     val_w = (Windows(normed, observed, domain, options.window, config.multiple, options.patch,
@@ -144,19 +153,18 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
         step += 1
         loss_value = float(loss.detach())
         loss_avg = loss_value if loss_avg is None else 0.98 * loss_avg + 0.02 * loss_value
-        if val_w is not None and (step % options.val_every == 0 or step == options.steps):
-            val = validation_loss(ema, val_w, partition, schedule, options.seed)
         record: dict[str, Any] = {"step": step, "loss": loss_value, "lr": opt.param_groups[0]["lr"],
                                   "elapsed_s": round(time.perf_counter() - start, 3)}
-        if step % options.val_every == 0 and val_w is not None:
-            record["val_loss"] = val
+        if val_w is not None and step % options.val_every == 0:
+            val = record["val_loss"] = validation_loss(ema, val_w, partition, schedule,
+                                                       options.seed)
         if log_file is not None:
             log_file.write(json.dumps(record) + "\n")
         bar.set_postfix(loss=f"{loss_avg:.4f}", val=f"{val:.4f}", refresh=False)
         bar.update(1)
     bar.close()
     elapsed = time.perf_counter() - start
-    if val_w is not None and step % options.val_every != 0:
+    if val_w is not None and step % options.val_every != 0:  # the final weights, once more
         val = validation_loss(ema, val_w, partition, schedule, options.seed)
     rate = step * options.batch_size / max(elapsed, 1e-9)
     log.info("trained %d steps in %.1f s: %.1f samples/s, final loss %.4f, validation loss %.4f",
@@ -169,6 +177,9 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
                          step=step, training=summary)
 
 
-def open_log(path: Path | None) -> IO[str] | None:
-    """A JSON-lines log file, or None."""
-    return open(path, "w", encoding="utf-8") if path is not None else None
+def open_log(path: Path) -> IO[str]:
+    """Open the JSON-lines training log for writing."""
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise CtxqError(f"{path}: cannot write the training log ({exc.strerror})") from None

@@ -2,10 +2,12 @@
 
 Frames of a time window and variables are stacked as channels, so one 2-D network sees the
 temporal context at the cost of a single image pass (a 3-D network costs W times more on CPU).
-Each level holds residual blocks ``h ← h + conv(SiLU(FiLM(norm(conv(SiLU(norm(x)))))))``
-whose scale and shift come from an embedding of the noise level.
+An optional space-to-depth stem folds p×p cells into channels, cutting the cost of the
+full-resolution level by p² on CPU. Each level holds residual blocks
+``h ← h + conv(SiLU(FiLM(norm(conv(SiLU(norm(x)))))))`` whose FiLM scale and shift come from an
+embedding of the noise level.
 
-Input (B, C_in, H, W) with H and W divisible by 2^(levels − 1); output (B, C_out, H, W).
+Input (B, C_in, H, W) with H and W divisible by ``UNetConfig.multiple``; output (B, C_out, H, W).
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ class UNetConfig:
     channels: tuple[int, ...] = (32, 64, 96)
     blocks_per_level: int = 1
     embedding: int = 64
+    patch: int = 1       # space-to-depth factor of the stem: p×p cells become one position
 
     @property
     def multiple(self) -> int:
         """Grid sizes must be divisible by this."""
-        return 2 ** (len(self.channels) - 1)
+        return 2 ** (len(self.channels) - 1) * self.patch
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -83,13 +86,14 @@ class UNet(nn.Module):
         e = config.embedding
         self.embed = nn.Sequential(nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
         ch = config.channels
-        self.stem = nn.Conv2d(config.in_channels, ch[0], 3, padding=1)
+        p2 = config.patch ** 2
+        self.stem = nn.Conv2d(config.in_channels * p2, ch[0], 3, padding=1)
         self.down = nn.ModuleList()
         self.up = nn.ModuleList()
         cin = ch[0]
         for cout in ch:
-            self.down.append(nn.ModuleList(
-                [ResBlock(cin if i == 0 else cout, cout, e) for i in range(config.blocks_per_level)]))
+            self.down.append(nn.ModuleList([ResBlock(cin if i == 0 else cout, cout, e)
+                                            for i in range(config.blocks_per_level)]))
             cin = cout
         self.mid = ResBlock(ch[-1], ch[-1], e)
         for level in reversed(range(len(ch))):
@@ -98,13 +102,14 @@ class UNet(nn.Module):
                 [ResBlock((cin if i == 0 else cout) + cout, cout, e)
                  for i in range(config.blocks_per_level)]))
             cin = cout
-        self.head = nn.Sequential(_norm(ch[0]), nn.SiLU(), nn.Conv2d(ch[0], config.out_channels,
-                                                                      3, padding=1))
+        self.head = nn.Sequential(_norm(ch[0]), nn.SiLU(),
+                                  nn.Conv2d(ch[0], config.out_channels * p2, 3, padding=1))
 
     def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
         """x: (B, C_in, H, W), c_noise: (B,) -> (B, C_out, H, W)."""
         emb = self.embed(noise_embedding(c_noise, self.config.embedding))
-        h = self.stem(x)
+        p = self.config.patch
+        h = self.stem(F.pixel_unshuffle(x, p) if p > 1 else x)
         skips = []
         for level, blocks in enumerate(self.down):
             if level > 0:
@@ -118,4 +123,5 @@ class UNet(nn.Module):
                 h = F.interpolate(h, scale_factor=2.0, mode="nearest")
             for block in blocks:
                 h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.head(h)
+        h = self.head(h)
+        return F.pixel_shuffle(h, p) if p > 1 else h

@@ -63,3 +63,25 @@ def test_float32_values_are_bit_identical():
 def test_byte_types_have_no_default_fill(dtype):
     raw = np.array([0, 1, 127], dtype=dtype)
     assert not decode(raw, {}).missing.any()
+
+
+def test_double_missing_value_on_float32_variable_matches():
+    raw = np.array([1e20, 3.0], dtype=np.float32)
+    dec = decode(raw, {"missing_value": np.float64(1e20)})
+    np.testing.assert_array_equal(dec.missing, [True, False])
+
+
+def test_unsigned_bytes_and_signed_bounds_on_unsigned():
+    raw = np.array([-56, 10, -1], dtype=np.int8)   # 200, 10, 255 unsigned
+    dec = decode(raw, {"_Unsigned": "true", "_FillValue": np.int8(-1)})
+    np.testing.assert_array_equal(dec.values, [200, 10, 0])
+    np.testing.assert_array_equal(dec.missing, [False, False, True])
+    dec = decode(np.array([5, 200], dtype=np.uint8),
+                 {"scale_factor": np.float32(0.1), "valid_range": np.array([0, 100], np.int16)})
+    np.testing.assert_array_equal(dec.missing, [False, True])  # packed units
+
+
+def test_no_default_fill_when_asked_and_float16():
+    raw = np.array([-32767, 1], dtype=np.int16)
+    assert not decode(raw, {}, default_fill=False).missing.any()
+    assert not decode(np.array([1, 2], dtype=np.float16), {}).missing.any()

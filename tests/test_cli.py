@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from ctxq_cli import __version__
 from ctxq_cli.cli import app
+
 from conftest import smooth_field, write_mask_nc, write_nc
 
 runner = CliRunner()
@@ -100,6 +101,8 @@ def test_npz_in_npz_out(workdir, tmp_path):
      "fewer than --window 50"),
     (["train-denoiser", "obs.nc", "--partition", "magic"], "--partition must be"),
     (["train-mask-prior", "obs.nc", "-o", "prior.safetensors"], "not available in this version"),
+    (["train-denoiser", "obs.nc", "-o", "n.safetensors", "--log", "obs.nc"],
+     "would overwrite an input"),
     (["evaluate", "obs_imputed.nc", "--truth", "truth.nc"], "give --mask"),
 ])
 def test_user_errors_are_one_line(workdir, monkeypatch, args, message):

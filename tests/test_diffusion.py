@@ -2,8 +2,7 @@
 
 import torch
 
-from ctxq_cli.diffusion import (Denoiser, NoiseSchedule, context_query_loss, multi_step,
-                                single_step)
+from ctxq_cli.diffusion import Denoiser, NoiseSchedule, context_query_loss, multi_step, single_step
 from ctxq_cli.partition import PixelPartition
 from ctxq_cli.unet import UNetConfig
 
@@ -72,7 +71,10 @@ def test_samplers_keep_observations_and_are_reproducible():
     values, observed, domain = _batch(b=1)
     v, o, d = values[0], observed[0], domain[0]
     part = PixelPartition(ratio=0.7)
-    gens = lambda: [torch.Generator().manual_seed(k) for k in range(3)]
+
+    def gens():
+        return [torch.Generator().manual_seed(k) for k in range(3)]
+
     a = single_step(den, v, o, d, part, 0.002, gens(), batch=2)
     b = single_step(den, v, o, d, part, 0.002, gens(), batch=3)
     assert a.shape == (3, *v.shape)

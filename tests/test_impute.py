@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from ctxq_cli.impute import impute_field, window_starts
+from ctxq_cli.impute import impute_field, window_plan
 from ctxq_cli.train import TrainOptions, train_denoiser
+
 from conftest import smooth_field
 
 
@@ -20,15 +21,15 @@ def model():
                           torch.device("cpu"), progress=False)
 
 
-@pytest.mark.parametrize("frames, window", [(10, 3), (3, 3), (2, 5), (7, 1)])
-def test_windows_cover_every_frame_for_every_offset(frames, window):
+@pytest.mark.parametrize("frames, window", [(10, 3), (3, 3), (2, 5), (7, 1), (11, 4)])
+def test_each_frame_comes_from_exactly_one_window(frames, window):
     for offset in range(window):
-        starts = window_starts(frames, window, offset)
-        covered = set()
-        for s in starts:
-            assert 0 <= s and (s + window <= frames or frames < window)
-            covered |= set(range(s, s + window))
-        assert set(range(frames)) <= covered
+        supplied = []
+        for start, first, stop in window_plan(frames, window, offset):
+            assert start >= 0 and (start + window <= frames or frames < window)
+            assert 0 <= first < stop <= window
+            supplied += range(start + first, start + stop)
+        assert sorted(supplied) == list(range(frames))
 
 
 def test_observed_values_are_bit_identical_and_outside_is_nan(model):
@@ -70,3 +71,30 @@ def test_multi_step_gives_posterior_samples(model):
     inside = observed & model.domain[None, None]
     assert (result.members[:, inside] == values[inside]).all()
     assert np.isfinite(result.mean[~observed & model.domain[None, None]]).all()
+
+
+def test_odd_grid_trains_on_patches_and_imputes_whole(tmp_path):
+    values = smooth_field(12, 13, 57, seed=6)[:, None]
+    observed = np.random.default_rng(4).random(values.shape) < 0.5
+    domain = np.ones((13, 57), bool)
+    domain[5:8, 20:30] = False  # an island
+    model = train_denoiser(np.where(observed, values, 0), observed, domain, ["sst"],
+                           TrainOptions(steps=3, channels=(8, 16, 16), batch_size=2, window=2,
+                                        patch=16), torch.device("cpu"), progress=False)
+    result = impute_field(model, np.where(observed, values, 0), observed, domain, ensemble=2,
+                          progress=False)
+    assert result.mean.shape == values.shape
+    assert np.isfinite(result.mean[:, :, domain]).all()
+    assert np.isnan(result.mean[:, :, ~domain]).all()
+
+
+def test_observed_values_outside_the_domain_are_kept(model):
+    values = smooth_field(3, 16, 16, seed=8)[:, None]
+    observed = np.ones(values.shape, bool)
+    observed[:, :, 8:] = False
+    observed[:, :, 0, 0] = False   # outside the domain and not observed: stays fill
+    result = impute_field(model, np.where(observed, values, 0), observed, model.domain,
+                          ensemble=2, progress=False)
+    kept = observed[:, :, :3, :3]
+    assert result.mean[:, :, :3, :3][kept].tobytes() == values[:, :, :3, :3][kept].tobytes()
+    assert np.isnan(result.mean[:, :, 0, 0]).all()

@@ -10,6 +10,7 @@ import pytest
 from ctxq_cli import io
 from ctxq_cli.cf import Encoding
 from ctxq_cli.errors import CtxqError
+
 from conftest import smooth_field, write_mask_nc, write_nc
 
 
@@ -199,3 +200,35 @@ def test_errors_are_one_line_and_name_the_file(tmp_path, small_field, case, patt
     assert "\n" not in message
     assert str(Path(message.split(":")[0]).name) in {p.name for p in tmp_path.iterdir()} | {
         "absent.nc"}
+
+
+def test_string_variables_are_ignored_and_bad_zips_refused(tmp_path, small_field):
+    values, observed = small_field
+    path = write_nc(tmp_path / "obs.nc", values, observed=observed)
+    with netCDF4.Dataset(path, "a") as ds:
+        ds.createDimension("nchar", 3)
+        label = ds.createVariable("label", str, ("nchar",))
+        label[0] = "abc"
+    assert io.read_field(path).names == ["sst"]
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "x.npz", "w") as z:
+        z.writestr("readme.txt", "not an array")
+    with pytest.raises(CtxqError, match="not an NPZ file"):
+        io.read_field(tmp_path / "x.npz")
+
+
+def test_npz_has_no_default_fill(tmp_path):
+    data = np.full((3, 4, 4), 65535, dtype=np.uint16)
+    np.savez(tmp_path / "u.npz", data=data)
+    assert io.read_field(tmp_path / "u.npz").observed.all()
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    target = tmp_path / "out.txt"
+    old = os.umask(0o022)
+    try:
+        with io.atomic_path(target) as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(old)
+    assert (target.stat().st_mode & 0o777) == 0o644

@@ -25,6 +25,23 @@ def test_vrmse_is_one_for_the_frame_mean_and_zero_for_truth():
     assert scores(truth, truth, cells, domain)["cells"] == truth.size
 
 
+def test_vrmse_variance_ignores_unknown_truth_and_is_per_variable():
+    rng = np.random.default_rng(1)
+    truth = rng.normal(size=(2, 2, 6, 6))
+    truth[:, 1] *= 100                       # another variable in other units
+    est = truth + 0.1
+    valid = np.ones(truth.shape, bool)
+    cells = valid.copy()
+    expected = np.mean([0.1 / truth[t, c].std() for t in range(2) for c in range(2)])
+    assert np.isclose(vrmse(est, truth, cells, valid), expected)
+    known = truth.copy()
+    known[:, :, :3] = 0.0                    # unknown truth stored as 0 must not count
+    valid[:, :, :3] = False
+    cells[:, :, :3] = False
+    expected = np.mean([0.1 / truth[t, c, 3:].std() for t in range(2) for c in range(2)])
+    assert np.isclose(vrmse(known + 0.1, known, cells, valid), expected)
+
+
 def test_empty_selection_is_nan():
     a = np.zeros((1, 2, 2))
     assert np.isnan(rmse(a, a, np.zeros_like(a, bool)))

@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from ctxq_cli.partition import (BlockPartition, EmpiricalPartition, PixelPartition,
-                                build_partition, choose_partition, mask_structure,
-                                query_probability)
+from ctxq_cli.partition import (
+    BlockPartition,
+    EmpiricalPartition,
+    PixelPartition,
+    build_partition,
+    choose_partition,
+    mask_structure,
+    query_probability,
+)
 
 
 def _observed(shape=(4, 3, 16, 16), p=0.5, seed=0):

@@ -10,6 +10,7 @@ from ctxq_cli import checkpoint
 from ctxq_cli.errors import CtxqError
 from ctxq_cli.model import DenoiserModel
 from ctxq_cli.train import TrainOptions, train_denoiser
+
 from conftest import smooth_field
 
 TINY = dict(channels=(8, 16), batch_size=4, val_every=10, window=3)

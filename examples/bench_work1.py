@@ -1,0 +1,163 @@
+"""Work I on Kolmogorov flow: partitions × ensembles × samplers against linear interpolation.
+
+For each mask case (pixel 20 %, pixel 5 %, 3×3 blocks with 4 hidden, clouds 30 %) a denoiser is
+trained per partition on masked training trajectories under the same CPU budget, then imputes
+masked test trajectories (other seeds) with K members and S sampler steps. Scores are on the
+hidden cells: RMSE and VRMSE (per-frame RMSE over the truth's spatial std, averaged).
+
+    python examples/bench_work1.py --minutes 3            # the figures quoted in the notes
+    python examples/bench_work1.py --minutes 0.5 --cases pixel20 --partitions pixel   # smoke
+
+Prints a markdown table; with --json also writes every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ctxq_cli import baselines  # noqa: E402
+from ctxq_cli.impute import impute_field  # noqa: E402
+from ctxq_cli.metrics import rmse, vrmse  # noqa: E402
+from ctxq_cli.model import DenoiserModel  # noqa: E402
+from ctxq_cli.train import TrainOptions, train_denoiser  # noqa: E402
+
+from kolmogorov import simulate  # noqa: E402
+from masks import make_mask  # noqa: E402
+
+CASES = {
+    "pixel20": ("pixel", {"observed_fraction": 0.20}),
+    "pixel5": ("pixel", {"observed_fraction": 0.05}),
+    "block4": ("block", {"grid": 3, "missing_blocks": 4}),
+    "cloud30": ("cloud", {"missing_fraction": 0.30}),
+}
+
+
+def masked(field: np.ndarray, case: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(T, 1, H, W) values with zeros in the gaps, and the observation mask, for a case."""
+    kind, params = CASES[case]
+    observed = make_mask(kind, field.shape, np.random.default_rng(seed), **params)
+    return np.where(observed, field, 0)[:, None], observed[:, None]
+
+
+def score(estimate: np.ndarray, truth: np.ndarray, observed: np.ndarray) -> tuple[float, float]:
+    """RMSE and VRMSE on the hidden cells."""
+    gaps = ~observed
+    return rmse(estimate, truth, gaps), vrmse(estimate, truth, gaps, np.ones(truth.shape[-2:],
+                                                                               bool))
+
+
+def main() -> None:
+    """Run the benchmark and print the table."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=3.0, help="training budget per model")
+    p.add_argument("--cases", default="pixel20,pixel5,block4,cloud30")
+    p.add_argument("--partitions", default="pixel,block,empirical")
+    p.add_argument("--ensembles", default="1,8,32")
+    p.add_argument("--multistep", type=int, default=20, help="S of the multi-step sampler")
+    p.add_argument("--multistep-ensemble", type=int, default=8)
+    p.add_argument("--train-trajectories", type=int, default=16)
+    p.add_argument("--test-trajectories", type=int, default=2)
+    p.add_argument("--frames", type=int, default=100)
+    p.add_argument("--test-frames", type=int, default=30)
+    p.add_argument("--test-seed", type=int, default=1, help="use another seed to tune")
+    p.add_argument("--window", type=int, default=3)
+    p.add_argument("--context-ratio", type=float, default=0.8)
+    p.add_argument("--overlap", type=float, default=0.0)
+    p.add_argument("--low-noise", type=float, default=0.8)
+    p.add_argument("--channels", default="32,64,96")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--stem-patch", type=int, default=2)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--save-models", type=Path, default=None)
+    p.add_argument("--load-models", type=Path, default=None,
+                   help="evaluate models saved by an earlier run instead of training")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    dev = torch.device("cpu")
+
+    t0 = time.perf_counter()
+    train = simulate(args.train_trajectories, args.frames, seed=0).reshape(-1, 64, 64)
+    test = simulate(args.test_trajectories, args.test_frames, seed=args.test_seed)
+    test = test.reshape(-1, 64, 64)
+    print(f"data: {len(train)} training and {len(test)} test frames of 64×64 in "
+          f"{time.perf_counter() - t0:.0f} s; training budget {args.minutes} min per model on "
+          f"{torch.get_num_threads()} CPU threads", flush=True)
+
+    rows, results = [], []
+    truth = test[:, None]
+    for case in args.cases.split(","):
+        tv, to = masked(train, case, seed=10)
+        xv, xo = masked(test, case, seed=20 + args.test_seed)
+        t = time.perf_counter()
+        lin = baselines.linear(xv, xo, np.ones((64, 64), bool))
+        lin_s = (time.perf_counter() - t) / len(test)
+        r, v = score(lin, truth, xo)
+        rows.append((case, "linear interpolation", "-", "-", r, v, "-", f"{lin_s:.3f}"))
+        results.append({"case": case, "method": "linear", "rmse": r, "vrmse": v})
+        print(f"{case}: {100 * xo.mean():.1f} % observed; linear RMSE {r:.4f}", flush=True)
+        for part in args.partitions.split(","):
+            opts = TrainOptions(window=args.window, partition=part,
+                                context_ratio=args.context_ratio, overlap=args.overlap,
+                                channels=tuple(int(c) for c in args.channels.split(",")),
+                                max_minutes=args.minutes, steps=10 ** 9,
+                                batch_size=args.batch_size, low_noise_fraction=args.low_noise,
+                                stem_patch=args.stem_patch, lr=args.lr)
+            if args.load_models:
+                model = DenoiserModel.load(args.load_models / f"{case}_{part}.safetensors")
+            else:
+                model = train_denoiser(tv, to, np.ones((64, 64), bool), ["vorticity"], opts,
+                                       dev, progress=False)
+            if args.save_models:
+                args.save_models.mkdir(parents=True, exist_ok=True)
+                model.save(args.save_models / f"{case}_{part}.safetensors")
+            info = model.training
+            runs = [(k, 1) for k in map(int, args.ensembles.split(","))]
+            if args.multistep > 1:
+                runs.append((args.multistep_ensemble, args.multistep))
+            for k, s in runs:
+                t = time.perf_counter()
+                est = impute_field(model, xv, xo, model.domain, ensemble=k, steps=s, seed=0,
+                                   progress=False)
+                per_frame = (time.perf_counter() - t) / len(test)
+                r, v = score(est.mean, truth, xo)
+                rows.append((case, part, k, s, r, v, f"{info['samples_per_s']:.0f}",
+                             f"{per_frame:.3f}"))
+                results.append({"case": case, "method": part, "ensemble": k, "steps": s,
+                                "rmse": r, "vrmse": v, "train_samples_per_s": info["samples_per_s"],
+                                "train_steps": info["steps_done"], "impute_s_per_frame": per_frame,
+                                "val_loss": info["val_loss"]})
+                print(f"  {part:9s} K={k:2d} S={s:2d}: RMSE {r:.4f} VRMSE {v:.4f} "
+                      f"({per_frame:.3f} s/frame; trained {info['steps_done']} steps at "
+                      f"{info['samples_per_s']:.0f} samples/s)", flush=True)
+
+    # Latency of one isolated frame (padded to the window), K = 32, S = 1, median of 5.
+    one_v, one_o = xv[:1], xo[:1]
+    times = []
+    for _ in range(6):
+        t = time.perf_counter()
+        impute_field(model, one_v, one_o, model.domain, ensemble=32, steps=1, progress=False)
+        times.append(time.perf_counter() - t)
+    single = float(np.median(times[1:]))
+    print("\n| case | method | K | S | RMSE | VRMSE | train samples/s | impute s/frame |")
+    print("|---|---|---|---|---|---|---|---|")
+    for case, method, k, s, r, v, sps, ipf in rows:
+        print(f"| {case} | {method} | {k} | {s} | {r:.4f} | {v:.4f} | {sps} | {ipf} |")
+    print(f"\none isolated 64×64 frame, K = 32, S = 1: median {single:.3f} s over 5 runs")
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                         "results": results, "single_frame_s": single}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
