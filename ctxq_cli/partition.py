@@ -207,19 +207,20 @@ def mask_structure(observed: np.ndarray, domain: np.ndarray) -> MaskStructure:
     return MaskStructure(float(p), corr, float(change), cluster)
 
 
-def choose_partition(structure: MaskStructure, ratio: float, overlap: float,
-                     pool: Tensor | None) -> tuple[Partition, str]:
-    """Pick a partition from the masks' structure; return it with the reason."""
+def choose_partition(structure: MaskStructure, ratio: float,
+                     overlap: float) -> tuple[Partition, str]:
+    """Pick a partition from the masks' structure; return it with the reason.
+
+    Scattered gaps get ``pixel``; clustered gaps get ``block`` with the blocks sized like the
+    gaps. On Kolmogorov flow with 3×3 blocks and with clouds, ``block`` was at least as good as
+    ``empirical`` (examples/bench_work1.py), whose sparser contexts also fail on sparse masks.
+    """
     if structure.neighbour_correlation < 0.2:
         return (PixelPartition(ratio=ratio, overlap=overlap),
                 f"missing cells are nearly independent ({structure.describe()})")
-    if structure.temporal_change > 0.02 and pool is not None and len(pool) > 1:
-        return (EmpiricalPartition(pool=pool, overlap=overlap),
-                f"gaps are spatially clustered and change over time ({structure.describe()})")
     size = int(np.clip(round(structure.cluster_size), 2, 32))
     return (BlockPartition(size=size, ratio=ratio, overlap=overlap),
-            f"gaps are clustered but nearly static, blocks of {size} cells "
-            f"({structure.describe()})")
+            f"gaps are spatially clustered, blocks of {size} cells ({structure.describe()})")
 
 
 def query_probability(partition: Partition, observed: Tensor, draws: int,

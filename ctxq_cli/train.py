@@ -70,10 +70,10 @@ def make_partition(options: TrainOptions, observed: np.ndarray, domain: np.ndarr
     if name == "block":
         size = options.block_size or int(np.clip(round(structure.cluster_size), 2, 32))
         return BlockPartition(size=size, ratio=ratio, overlap=overlap), "chosen with --partition"
-    pool = windows.mask_pool(options.pool_size, generator)
     if name == "empirical":
+        pool = windows.mask_pool(options.pool_size, generator)
         return EmpiricalPartition(pool=pool, overlap=overlap), "chosen with --partition"
-    return choose_partition(structure, ratio, overlap, pool)
+    return choose_partition(structure, ratio, overlap)
 
 
 def _lr_factor(progress: float, step: int, warmup: int) -> float:

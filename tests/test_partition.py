@@ -100,7 +100,7 @@ def test_mask_structure_and_auto_choice():
     iid = rng.random((20, 32, 32)) < 0.3
     s = mask_structure(iid, domain)
     assert abs(s.missing_fraction - 0.7) < 0.02 and abs(s.neighbour_correlation) < 0.05
-    part, _ = choose_partition(s, 0.7, 0.0, None)
+    part, _ = choose_partition(s, 0.7, 0.0)
     assert part.name == "pixel"
 
     clouds = np.ones((20, 32, 32), bool)
@@ -109,10 +109,6 @@ def test_mask_structure_and_auto_choice():
         clouds[t, y:y + 12, x:x + 12] = False
     s = mask_structure(clouds, domain)
     assert s.neighbour_correlation > 0.5 and s.temporal_change > 0.02
-    part, _ = choose_partition(s, 0.7, 0.0, torch.from_numpy(clouds[:, None]))
-    assert part.name == "empirical"
-
-    static = np.repeat(clouds[:1], 20, axis=0)
-    part, why = choose_partition(mask_structure(static, domain), 0.7, 0.0,
-                                 torch.from_numpy(static[:, None]))
-    assert part.name == "block" and "static" in why
+    assert 8 <= s.cluster_size <= 12
+    part, why = choose_partition(s, 0.7, 0.0)
+    assert part.name == "block" and part.size == round(s.cluster_size) and "clustered" in why
