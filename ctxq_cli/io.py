@@ -154,10 +154,17 @@ def _data_variables(ds: Any) -> list[str]:
 
 
 def choose_variables(path: Path, available: dict[str, int], requested: Sequence[str] | None,
-                     default: str | None = None) -> list[str]:
-    """The variables to read: those requested, or the only candidate with ≥ 3 dims."""
+                     default: str | None = None, present: Sequence[str] = ()) -> list[str]:
+    """The variables to read: those requested, or the only candidate with ≥ 3 dims.
+
+    ``available`` maps gridded data variables to their rank; ``present`` names everything else
+    in the file, so that asking for a coordinate or the mask gets a precise answer.
+    """
     if requested:
         missing = [v for v in requested if v not in available]
+        if missing and missing[0] in present:
+            raise CtxqError(f"{path}: variable '{missing[0]}' is not a gridded data variable "
+                            f"(data variables: {', '.join(sorted(available)) or 'none'})")
         if missing:
             listing = ", ".join(sorted(available)) or "none"
             raise CtxqError(f"{path}: no variable '{missing[0]}' (available: {listing})")
@@ -233,7 +240,7 @@ def _read_netcdf(path: Path, requested: Sequence[str] | None) -> Field:
     """Read and decode the chosen variables of a NetCDF file."""
     with _open_netcdf(path) as ds:
         available = {n: ds.variables[n].ndim for n in _data_variables(ds)}
-        names = choose_variables(path, available, requested)
+        names = choose_variables(path, available, requested, present=list(ds.variables))
         first = ds.variables[names[0]]
         dims, shape = tuple(first.dimensions), tuple(first.shape)
         time_axis = layout(path, names[0], dims, shape, ds)
@@ -287,7 +294,7 @@ def _read_npz(path: Path, requested: Sequence[str] | None) -> Field:
     arrays = _load_npz(path)
     available = {k: a.ndim for k, a in arrays.items()
                  if k not in (MASK_VARIABLE, "domain") and a.ndim >= 2 and a.dtype.kind in "iufb"}
-    names = choose_variables(path, available, requested, default="data")
+    names = choose_variables(path, available, requested, default="data", present=list(arrays))
     shape = arrays[names[0]].shape
     dims = _npz_dims(len(shape))
     time_axis = layout(path, names[0], dims, shape)

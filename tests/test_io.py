@@ -150,6 +150,7 @@ def test_check_output_refuses_existing_and_inputs(tmp_path):
     ("missing", "no such file"),
     ("text", "not a NetCDF or NPZ file"),
     ("unknown_var", r"no variable 'nope' \(available: .*sst"),
+    ("coordinate", "'lat' is not a gridded data variable"),
     ("several", "several data variables"),
     ("dims", "expected"),
     ("transposed", "expected the order"),
@@ -170,6 +171,8 @@ def test_errors_are_one_line_and_name_the_file(tmp_path, small_field, case, patt
         path.write_text("hello")
     elif case == "unknown_var":
         kwargs["variables"] = ["nope"]
+    elif case == "coordinate":
+        kwargs["variables"] = ["lat"]
     elif case == "several":
         path = write_nc(tmp_path / "two.nc", values)
         with netCDF4.Dataset(path, "a") as ds:
