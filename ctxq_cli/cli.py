@@ -244,7 +244,7 @@ def impute(
         io.check_output(out, overwrite, [data, mask, domain, checkpoint])
         dev = _device(device)
         model = DenoiserModel.load(checkpoint, dev)
-        fld = io.read_field(data, var or _default_vars(data, model.variables), mask)
+        fld = io.read_field(data, var, mask, default=model.variables)
         log.info("%s: %s", data, fld.describe())
         if fld.names != model.variables:
             raise CtxqError(f"{data}: variables {fld.names} do not match the checkpoint's "
@@ -262,21 +262,6 @@ def impute(
                               members, dev, batch_size, progress)
         _write_imputation(out, fld, result, checkpoint, ensemble, steps, seed, model)
         log.info("wrote %s", out)
-
-
-def _default_vars(data: Path, wanted: list[str]) -> list[str] | None:
-    """The checkpoint's variables when the file has them all, else None (auto choice)."""
-    from ctxq_cli import io
-
-    try:
-        if io.file_format(data) == "npz":
-            return None
-        import netCDF4
-
-        with netCDF4.Dataset(data) as ds:
-            return wanted if all(v in ds.variables for v in wanted) else None
-    except (OSError, CtxqError):
-        return None
 
 
 def _write_imputation(out: Path, fld, result, checkpoint: Path, ensemble: int, steps: int,

@@ -154,8 +154,8 @@ def _data_variables(ds: Any) -> list[str]:
 
 
 def choose_variables(path: Path, available: dict[str, int], requested: Sequence[str] | None,
-                     default: str | None = None, present: Sequence[str] = ()) -> list[str]:
-    """The variables to read: those requested, or the only candidate with ≥ 3 dims.
+                     default: Sequence[str] = (), present: Sequence[str] = ()) -> list[str]:
+    """The variables to read: those requested, the defaults if all exist, or the only candidate.
 
     ``available`` maps gridded data variables to their rank; ``present`` names everything else
     in the file, so that asking for a coordinate or the mask gets a precise answer.
@@ -169,8 +169,8 @@ def choose_variables(path: Path, available: dict[str, int], requested: Sequence[
             listing = ", ".join(sorted(available)) or "none"
             raise CtxqError(f"{path}: no variable '{missing[0]}' (available: {listing})")
         return list(dict.fromkeys(requested))
-    if default is not None and default in available:
-        return [default]
+    if default and all(d in available for d in default):
+        return list(default)
     candidates = [n for n, ndim in available.items() if ndim >= 3]
     if len(candidates) == 1:
         return candidates
@@ -236,11 +236,11 @@ def to_internal(array: np.ndarray, time_axis: int | None) -> np.ndarray:
     return moved.reshape(moved.shape[0], *[n for n in moved.shape[1:] if n > 1])
 
 
-def _read_netcdf(path: Path, requested: Sequence[str] | None) -> Field:
+def _read_netcdf(path: Path, requested: Sequence[str] | None, default: Sequence[str]) -> Field:
     """Read and decode the chosen variables of a NetCDF file."""
     with _open_netcdf(path) as ds:
         available = {n: ds.variables[n].ndim for n in _data_variables(ds)}
-        names = choose_variables(path, available, requested, present=list(ds.variables))
+        names = choose_variables(path, available, requested, default, list(ds.variables))
         first = ds.variables[names[0]]
         dims, shape = tuple(first.dimensions), tuple(first.shape)
         time_axis = layout(path, names[0], dims, shape, ds)
@@ -289,12 +289,12 @@ def _npz_dims(ndim: int) -> tuple[str, ...]:
     return ("time", "y", "x")[-ndim:] if ndim <= 3 else tuple(f"dim{i}" for i in range(ndim))
 
 
-def _read_npz(path: Path, requested: Sequence[str] | None) -> Field:
+def _read_npz(path: Path, requested: Sequence[str] | None, default: Sequence[str]) -> Field:
     """Read an NPZ file with key ``data`` (or the chosen keys) and an optional ``mask``."""
     arrays = _load_npz(path)
     available = {k: a.ndim for k, a in arrays.items()
                  if k not in (MASK_VARIABLE, "domain") and a.ndim >= 2 and a.dtype.kind in "iufb"}
-    names = choose_variables(path, available, requested, default="data", present=list(arrays))
+    names = choose_variables(path, available, requested, [*default] or ["data"], list(arrays))
     shape = arrays[names[0]].shape
     dims = _npz_dims(len(shape))
     time_axis = layout(path, names[0], dims, shape)
@@ -315,11 +315,15 @@ def _read_npz(path: Path, requested: Sequence[str] | None) -> Field:
 
 
 def read_field(path: Path | str, variables: Sequence[str] | None = None,
-               mask_path: Path | str | None = None) -> Field:
-    """Read a field and its observation mask from NetCDF or NPZ (plus ``--mask FILE``)."""
+               mask_path: Path | str | None = None, default: Sequence[str] = ()) -> Field:
+    """Read a field and its observation mask from NetCDF or NPZ (plus ``--mask FILE``).
+
+    Without ``variables``, ``default`` is used when the file has all of them (a checkpoint's
+    variables, say), else the only gridded data variable.
+    """
     path = Path(path)
-    fmt = file_format(path)
-    fld = _read_netcdf(path, variables) if fmt == "netcdf" else _read_npz(path, variables)
+    reader = _read_netcdf if file_format(path) == "netcdf" else _read_npz
+    fld = reader(path, variables, default)
     if mask_path is not None:
         apply_mask(fld, read_mask(Path(mask_path), fld.names), Path(mask_path))
     if not fld.observed.any():
