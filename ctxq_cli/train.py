@@ -142,6 +142,9 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
             group["lr"] = options.lr * _lr_factor(prog, step, options.warmup)
         v, o, d = train_w.batch(options.batch_size, gen)
         loss = context_query_loss(denoiser, v, o, d, partition, schedule, gen)
+        if not torch.isfinite(loss):
+            raise CtxqError(f"training diverged: the loss is {float(loss.detach())} at step "
+                            f"{step + 1}; nothing was written (try a smaller --lr)")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(denoiser.parameters(), options.grad_clip)

@@ -69,3 +69,12 @@ def test_bad_checkpoints_give_one_line(tmp_path):
         DenoiserModel.load(other)
     with pytest.raises(CtxqError, match="no such checkpoint"):
         DenoiserModel.load(tmp_path / "absent.safetensors")
+
+
+def test_a_diverging_loss_stops_training_with_one_line():
+    values, observed, domain = _data()
+    values = values.copy()
+    values[0, 0, 0, 0] = np.inf   # one poisoned observed value ruins the normalisation
+    with pytest.raises(CtxqError, match="training diverged: the loss is .* at step 1"):
+        train_denoiser(values, observed | True, domain, ["sst"],
+                       TrainOptions(steps=3, **TINY), torch.device("cpu"), progress=False)
