@@ -111,10 +111,12 @@ class Windows:
             return v, o, d
         oy = torch.randint(0, h - ph + 1, (size,), generator=generator, device=generator.device)
         ox = torch.randint(0, w - pw + 1, (size,), generator=generator, device=generator.device)
-        crop = [(int(y), int(x)) for y, x in zip(oy, ox)]
-        return (torch.stack([v[i, :, y:y + ph, x:x + pw] for i, (y, x) in enumerate(crop)]),
-                torch.stack([o[i, :, y:y + ph, x:x + pw] for i, (y, x) in enumerate(crop)]),
-                torch.stack([d[i, :, y:y + ph, x:x + pw] for i, (y, x) in enumerate(crop)]))
+        corners = [(int(y), int(x)) for y, x in zip(oy, ox)]
+
+        def crop(t: Tensor) -> Tensor:
+            return torch.stack([t[i, :, y:y + ph, x:x + pw] for i, (y, x) in enumerate(corners)])
+
+        return crop(v), crop(o), crop(d)
 
     def sequential(self, stride: int) -> list[tuple[Tensor, Tensor, Tensor]]:
         """Non-random windows every ``stride`` frames (for validation), full grid."""

@@ -32,8 +32,6 @@ from ctxq_cli.errors import CtxqError
 log = logging.getLogger(__name__)
 
 TIME_NAMES = {"time", "t", "times", "time_counter", "date", "valid_time", "day", "month", "year"}
-Y_NAMES = {"lat", "latitude", "y", "nav_lat", "rlat", "j", "yc", "eta_rho", "nlat"}
-X_NAMES = {"lon", "longitude", "x", "nav_lon", "rlon", "i", "xc", "xi_rho", "nlon"}
 MASK_VARIABLE = "mask"
 DOMAIN_VARIABLES = ("domain", "mask", "lsm", "land_sea_mask", "sea_mask", "valid")
 

@@ -174,6 +174,11 @@ class MaskStructure:
     temporal_change: float         # fraction of cells whose state changes between frames
     cluster_size: float            # mean length of missing runs along rows, in cells
 
+    @property
+    def block_size(self) -> int:
+        """Block side matching the gaps: the mean missing run, within [2, 32] cells."""
+        return int(np.clip(round(self.cluster_size), 2, 32))
+
     def describe(self) -> str:
         """One line for the log."""
         return (f"missing {100 * self.missing_fraction:.1f} %, neighbour correlation "
@@ -218,7 +223,7 @@ def choose_partition(structure: MaskStructure, ratio: float,
     if structure.neighbour_correlation < 0.2:
         return (PixelPartition(ratio=ratio, overlap=overlap),
                 f"missing cells are nearly independent ({structure.describe()})")
-    size = int(np.clip(round(structure.cluster_size), 2, 32))
+    size = structure.block_size
     return (BlockPartition(size=size, ratio=ratio, overlap=overlap),
             f"gaps are spatially clustered, blocks of {size} cells ({structure.describe()})")
 

@@ -68,7 +68,7 @@ def make_partition(options: TrainOptions, observed: np.ndarray, domain: np.ndarr
     if name == "pixel":
         return PixelPartition(ratio=ratio, overlap=overlap), "chosen with --partition"
     if name == "block":
-        size = options.block_size or int(np.clip(round(structure.cluster_size), 2, 32))
+        size = options.block_size or structure.block_size
         return BlockPartition(size=size, ratio=ratio, overlap=overlap), "chosen with --partition"
     if name == "empirical":
         pool = windows.mask_pool(options.pool_size, generator)

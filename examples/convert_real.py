@@ -592,26 +592,15 @@ def _write_netcdf(field: Field, path: str, fmt: str, history: str) -> None:
             tb[:, :] = field.time_bnds
         t[:] = field.time
 
-        y = ds.createVariable("lat", "f8", ("lat",))
-        y.setncatts(
-            {
-                "standard_name": "latitude",
-                "long_name": "latitude",
-                "units": "degrees_north",
-                "axis": "Y",
-            }
-        )
-        y[:] = field.lat
-        x = ds.createVariable("lon", "f8", ("lon",))
-        x.setncatts(
-            {
-                "standard_name": "longitude",
-                "long_name": "longitude",
-                "units": "degrees_east",
-                "axis": "X",
-            }
-        )
-        x[:] = field.lon
+        for name, long_name, units, axis, values in (
+            ("lat", "latitude", "degrees_north", "Y", field.lat),
+            ("lon", "longitude", "degrees_east", "X", field.lon),
+        ):
+            coord = ds.createVariable(name, "f8", (name,))
+            coord.setncatts(
+                {"standard_name": long_name, "long_name": long_name, "units": units, "axis": axis}
+            )
+            coord[:] = values
 
         for cname, cval, cattrs in field.scalar_coords:
             c = ds.createVariable(cname, "f8", ())
