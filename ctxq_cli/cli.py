@@ -6,8 +6,10 @@ import contextlib
 import logging
 import os
 import shlex
+import signal
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +17,7 @@ import numpy as np
 import typer
 
 from ctxq_cli import __version__
-from ctxq_cli.errors import CtxqError
+from ctxq_cli.errors import EXIT_INTERRUPTED, CtxqError, Interrupted
 
 log = logging.getLogger("ctxq_cli")
 
@@ -44,6 +46,14 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; same seed, same result.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="Only warnings and errors.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+LogOpt = Annotated[Path | None, typer.Option(
+    "--log", help="JSON-lines training log (default: beside the checkpoint, .log.jsonl).",
+    show_default=False)]
+CheckpointEveryOpt = Annotated[int, typer.Option(
+    help="Write a resumable state every N steps (0: only when stopped); the last two are "
+         "kept.", min=0)]
+ResumeOpt = Annotated[bool, typer.Option(
+    help="Continue from the resumable state beside the output, if any (else start afresh).")]
 
 
 def _version(value: bool) -> None:
@@ -69,6 +79,9 @@ def reporting(quiet: bool) -> Iterator[bool]:
         yield (not quiet) and sys.stderr.isatty()
     except (typer.Exit, typer.Abort):
         raise
+    except Interrupted as exc:
+        typer.echo(f"ctxq: {exc}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except CtxqError as exc:
         typer.echo(f"ctxq: error: {exc}", err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
@@ -96,6 +109,28 @@ def _internal(exc: BaseException) -> BaseException:
     typer.echo(f"ctxq: internal error: {type(exc).__name__}: {first} "
                "(set CTXQ_DEBUG=1 for a traceback)", err=True)
     return typer.Exit(EXIT_INTERNAL_ERROR)
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[Callable[[], bool]]:
+    """Turn SIGTERM and SIGINT into a request to stop cleanly, polled by the training loop."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def note(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    handled = (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.signal(s, note) for s in handled}
+    try:
+        yield lambda: bool(received)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        log.info("stopped on %s", signal.Signals(received[0]).name)
 
 
 def _device(name: str):
@@ -161,17 +196,20 @@ def train_denoiser(
                                             "grids.", min=8)] = 128,
     val_fraction: Annotated[float, typer.Option(
         help="Share of frames (the last ones) held out for validation.", min=0, max=0.5)] = 0.1,
-    log_file: Annotated[Path | None, typer.Option(
-        "--log", help="JSON-lines training log (default: beside the checkpoint, .log.jsonl).",
-        show_default=False)] = None,
+    log_file: LogOpt = None,
+    checkpoint_every: CheckpointEveryOpt = 1000,
+    resume: ResumeOpt = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train a denoiser on incomplete fields (context-query diffusion)."""
+    """Train a denoiser on incomplete fields (context-query diffusion).
+
+    On SIGTERM or SIGINT (a batch job's time limit) training writes a resumable state beside
+    the output and exits with code 75; the same command with --resume goes on from there.
+    """
     with reporting(quiet) as progress:
-        from ctxq_cli import io
         from ctxq_cli.train import TrainOptions, open_log
         from ctxq_cli.train import train_denoiser as train
 
@@ -179,9 +217,8 @@ def train_denoiser(
             raise CtxqError(f"--partition must be auto, pixel, block or empirical, "
                             f"not '{partition}'")
         widths = _parse_channels(channels)
-        io.check_output(output, overwrite, [data, mask, domain])
-        log_path = log_file or output.with_suffix(".log.jsonl")
-        io.check_output(log_path, True, [data, mask, domain])
+        control, log_path, append = _prepare_run(output, log_file, resume, overwrite,
+                                                 [data, mask, domain])
         fld, dom = _load_inputs(data, mask, var, domain)
         if fld.frames < window:
             raise CtxqError(f"{data}: {fld.frames} frames, fewer than --window {window}")
@@ -189,16 +226,45 @@ def train_denoiser(
                                block_size=block_size, channels=widths, stem_patch=stem_patch,
                                steps=steps,
                                max_minutes=max_minutes, batch_size=batch_size, lr=lr,
-                               patch=patch, val_fraction=val_fraction, seed=seed)
+                               patch=patch, val_fraction=val_fraction, seed=seed,
+                               checkpoint_every=checkpoint_every)
         dev = _device(device)
         log.info("training on %s", dev)
-        with open_log(log_path) as log_io:
+        with open_log(log_path, append) as log_io, stop_requests() as stop:
+            control.should_stop = stop
             model = train(fld.values, fld.observed, dom, fld.names, options, dev, log_io,
-                          progress)
+                          progress, control)
         model.training["command"] = _command_line()
         model.training["data"] = str(data)
         model.save(output)
-        log.info("wrote %s", output)
+        _finish_run(control, output)
+
+
+def _prepare_run(output: Path, log_file: Path | None, resume: bool, overwrite: bool,
+                 inputs: list[Path | None]):
+    """Check the output, log and state paths; return the run control, log path, log append."""
+    from ctxq_cli import io
+    from ctxq_cli.resume import previous_path, state_path
+    from ctxq_cli.train import RunControl
+
+    io.check_output(output, overwrite, inputs)
+    log_path = log_file or output.with_suffix(".log.jsonl")
+    state = state_path(output)
+    for path in (log_path, state, previous_path(state)):
+        io.check_output(path, True, inputs)
+    if not resume and not overwrite and state.exists():
+        raise CtxqError(f"{state}: a resumable state of an earlier run exists; add --resume to "
+                        "continue it or --overwrite to start afresh")
+    append = resume and (state.exists() or previous_path(state).exists())
+    return RunControl(state_path=state, resume=resume), log_path, append
+
+
+def _finish_run(control, output: Path) -> None:
+    """Report the checkpoint and drop the finished run's resumable states."""
+    from ctxq_cli.resume import remove_states
+
+    log.info("wrote %s", output)
+    remove_states(control.state_path)
 
 
 def _parse_channels(text: str) -> tuple[int, ...]:
@@ -288,7 +354,10 @@ def _write_imputation(out: Path, fld, result, checkpoint: Path, ensemble: int, s
                 encoding=precise))
     provenance = {"ctxq_version": __version__, "ctxq_checkpoint": str(checkpoint),
                   "ctxq_ensemble": ensemble, "ctxq_steps": steps, "ctxq_seed": seed,
-                  "ctxq_partition": model.partition.name, "ctxq_window": model.window}
+                  "ctxq_partition": model.partition.name, "ctxq_window": model.window,
+                  "ctxq_frames_without_observations": len(result.empty_frames)}
+    if result.empty_frames:  # 0-based indices along time, e.g. for masking in analysis
+        provenance["ctxq_empty_frame_indices"] = np.asarray(result.empty_frames, dtype=np.int32)
     io.write_output(out, fld, variables, provenance, io.history_line(_command_line(),
                                                                      __version__))
 

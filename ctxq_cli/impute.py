@@ -6,7 +6,9 @@ cost of K/W denoiser passes per frame (windows clipped at the ends overlap; a fr
 from the window where it sits most centrally). Member k's randomness comes from its own
 generator seeded by (seed, k, window start, stage), so on a given device it does not depend on
 the batch size. Observed cells are copied back from the input; cells outside the domain are
-NaN, except observed ones, which are kept as they are.
+NaN, except observed ones, which are kept as they are. Frames without any observation are
+filled from the model's prior (and neighbouring frames in its window); their spread is at least
+the climatological standard deviation and they are listed in the result.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Imputation:
     mean: np.ndarray
     std: np.ndarray
     members: np.ndarray | None   # (K, T, C, H, W)
+    empty_frames: list[int]      # frames with no observation inside the domain
 
 
 def window_plan(frames: int, window: int, offset: int) -> list[tuple[int, int, int]]:
@@ -118,8 +121,27 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
     # Paste after averaging: a mean of K copies of a value need not equal it bit for bit.
     mean = np.where(observed, values, np.where(inside, phys.mean(axis=0), np.nan))
     std = np.where(inside, phys.std(axis=0), np.nan)
+    # A frame without any observation is a draw from the model's prior; its members only
+    # differ by their neighbours' context, so the spread is floored at the climatological one.
+    empty = [int(i) for i in np.flatnonzero(~seen.any(axis=(1, 2, 3)))]
+    if empty:
+        log.warning("%d frame(s) have no observation in the domain and are filled from the "
+                    "model's prior with climatological spread: %s", len(empty),
+                    _ranges(empty))
+        climate = np.asarray(model.normalization.std, dtype=np.float32)[:, None, None]
+        std[empty] = np.maximum(std[empty], climate)
     std = np.where(observed, 0.0, std).astype(np.float32)
     kept = None
     if members:
         kept = np.where(observed[None], values[None], np.where(inside[None], phys, np.nan))
-    return Imputation(mean=mean, std=std, members=kept)
+    return Imputation(mean=mean, std=std, members=kept, empty_frames=empty)
+
+
+def _ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5] → '0-2, 5'."""
+    parts, start = [], indices[0]
+    for prev, cur in zip(indices, indices[1:] + [None]):
+        if cur != prev + 1:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+            start = cur
+    return ", ".join(parts)

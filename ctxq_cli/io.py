@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 
 from ctxq_cli.cf import PACKING_ATTRS, Encoding, decode, encode
 from ctxq_cli.errors import CtxqError
@@ -473,12 +474,15 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide outputs from the group
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide outputs from the group
         os.replace(tmp, path)
-    except OSError as exc:
-        raise CtxqError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        # netCDF4 and safetensors report a full disk as RuntimeError / SafetensorError
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        raise CtxqError(f"{path}: cannot write ({reason}); nothing was written (is the disk "
+                        "full or the location read-only?)") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -1,4 +1,8 @@
-"""Training loop for the context-query denoiser (AdamW, EMA, clipping, time budget)."""
+"""Training: the denoiser's setup and the optimisation loop every model shares.
+
+The loop (AdamW, warm-up and cosine decay, clipping, EMA, time budget) writes resumable states
+periodically and when asked to stop, and resumes from them bit for bit on the same device.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,20 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 from tqdm import tqdm
 
+from ctxq_cli import resume
 from ctxq_cli.data import Normalization, Windows
 from ctxq_cli.diffusion import Denoiser, NoiseSchedule, context_query_loss, parameter_count
-from ctxq_cli.errors import CtxqError
+from ctxq_cli.errors import CtxqError, Interrupted
 from ctxq_cli.model import DenoiserModel
 from ctxq_cli.partition import (
     BlockPartition,
@@ -33,16 +40,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TrainOptions:
-    """Everything that shapes a training run; stored in the checkpoint."""
+class LoopOptions:
+    """How long and how a network is optimised; shared by every trained model."""
 
-    window: int = 3
-    partition: str = "auto"
-    context_ratio: float = 0.8
-    block_size: int | None = None
-    overlap: float = 0.0
-    channels: tuple[int, ...] = (32, 64, 96)
-    stem_patch: int = 2
     steps: int = 20000
     max_minutes: float | None = None
     batch_size: int = 8
@@ -52,11 +52,34 @@ class TrainOptions:
     ema: float = 0.999
     grad_clip: float = 1.0
     seed: int = 0
-    val_fraction: float = 0.1
     val_every: int = 250
+    checkpoint_every: int = 1000
+
+
+@dataclass(frozen=True)
+class TrainOptions(LoopOptions):
+    """Everything that shapes a denoiser's training run; stored in the checkpoint."""
+
+    window: int = 3
+    partition: str = "auto"
+    context_ratio: float = 0.8
+    block_size: int | None = None
+    overlap: float = 0.0
+    channels: tuple[int, ...] = (32, 64, 96)
+    stem_patch: int = 2
+    val_fraction: float = 0.1
     patch: int = 128
     low_noise_fraction: float = 0.8
     pool_size: int = 512
+
+
+@dataclass
+class RunControl:
+    """Where a run keeps its resumable state, whether it resumes, and when it must stop."""
+
+    state_path: Path | None = None
+    resume: bool = False
+    should_stop: Callable[[], bool] = field(default=lambda: False)
 
 
 def make_partition(options: TrainOptions, observed: np.ndarray, domain: np.ndarray,
@@ -98,7 +121,8 @@ def validation_loss(denoiser: Denoiser, windows: Windows, partition: Partition,
 
 def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
                    variables: list[str], options: TrainOptions, device: torch.device,
-                   log_file: IO[str] | None = None, progress: bool = True) -> DenoiserModel:
+                   log_file: IO[str] | None = None, progress: bool = True,
+                   control: RunControl | None = None) -> DenoiserModel:
     """Train a denoiser on a field (T, C, H, W) with its observation mask and domain (H, W)."""
     torch.manual_seed(options.seed)
     gen = torch.Generator(device=device).manual_seed(options.seed)
@@ -121,68 +145,137 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
 
     schedule = NoiseSchedule(low_noise_fraction=options.low_noise_fraction)
     denoiser = Denoiser(config).to(device)
-    ema = copy.deepcopy(denoiser).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(denoiser.parameters(), lr=options.lr,
-                            weight_decay=options.weight_decay)
     log.info("denoiser: %d parameters, window %d, %d training windows%s",
              parameter_count(denoiser), options.window, train_w.count,
              f", {val_w.count} validation windows" if val_w else ", no validation split")
 
+    def loss_fn(net: nn.Module, g: torch.Generator) -> Tensor:
+        v, o, d = train_w.batch(options.batch_size, g)
+        return context_query_loss(net, v, o, d, partition, schedule, g)
+
+    def validate(ema: nn.Module) -> float:
+        return validation_loss(ema, val_w, partition, schedule, options.seed)
+
+    fingerprint = {"shape": list(values.shape), "variables": list(variables),
+                   "normalization": norm.to_dict(), "observed": int(observed.sum()),
+                   "domain": int(domain.sum())}
+    ema, summary = optimise(denoiser, loss_fn, options, gen, validate if val_w else None,
+                            fingerprint, control or RunControl(), log_file, progress)
+    summary["partition_reason"] = why
+    return DenoiserModel(denoiser=ema, schedule=schedule, normalization=norm, partition=partition,
+                         variables=list(variables), window=options.window, domain=domain,
+                         step=summary["steps_done"], training=summary)
+
+
+def optimise(network: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator], Tensor],
+             options: LoopOptions, generator: torch.Generator,
+             validate: Callable[[nn.Module], float] | None, fingerprint: dict[str, Any],
+             control: RunControl, log_file: IO[str] | None = None,
+             progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """Minimise ``loss_fn`` with AdamW, warm-up, cosine decay, clipping and an EMA copy.
+
+    Stops after ``options.steps`` steps or ``options.max_minutes`` (counted from this start),
+    writes a resumable state every ``options.checkpoint_every`` steps and when
+    ``control.should_stop()`` turns true (then raises :class:`Interrupted`), and resumes from
+    ``control.state_path`` when asked. Returns the EMA network and a summary of the run.
+    """
+    ema = copy.deepcopy(network).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(network.parameters(), lr=options.lr,
+                            weight_decay=options.weight_decay)
+    opts = asdict(options)
+    step = first_step = 0
+    progress0, seconds0, loss_avg, val = 0.0, 0.0, None, float("nan")
+    path = control.state_path
+    if path is not None and control.resume:
+        state = resume.load_state(path)
+        if state is None:
+            log.info("no resumable state at %s: starting afresh", path)
+        else:
+            resume.check_compatible(path, state, opts, fingerprint)
+            resume.restore(state, network, ema, opt, generator)
+            step = first_step = state.step
+            progress0, seconds0, loss_avg = state.progress, state.seconds, state.loss_avg
+            val = float("nan") if state.val_loss is None else state.val_loss
+            log.info("resuming from %s at step %d", path, step)
+    saved_step: int | None = None
+
     budget = options.max_minutes * 60 if options.max_minutes else math.inf
     start = time.perf_counter()
-    bar = tqdm(total=options.steps, disable=not progress, unit="step", dynamic_ncols=True)
-    step, loss_avg, val = 0, None, float("nan")
+
+    def schedule_progress(elapsed: float) -> float:
+        """Share of the schedule done: by steps, or by time when a budget is set."""
+        return max(step / options.steps, progress0 + (1 - progress0) * elapsed / budget)
+
+    def save_state() -> None:
+        nonlocal saved_step
+        if path is None:
+            return
+        elapsed = time.perf_counter() - start
+        resume.save_state(path, resume.capture(
+            step, schedule_progress(elapsed), seconds0 + elapsed, loss_avg,
+            None if math.isnan(val) else val, opts, fingerprint, network, ema, opt, generator))
+        saved_step = step
+
+    bar = tqdm(total=options.steps, initial=step, disable=not progress, unit="step",
+               dynamic_ncols=True)
     while step < options.steps:
+        if control.should_stop():
+            save_state()
+            bar.close()
+            where = (f"; resumable state written to {path}; run the same command with "
+                     f"--resume to continue" if path else "")
+            raise Interrupted(f"interrupted at step {step} of {options.steps}{where}")
         elapsed = time.perf_counter() - start
         if elapsed > budget:
             log.info("time budget of %.1f min reached at step %d", options.max_minutes, step)
             break
-        prog = max(step / options.steps, elapsed / budget)
         for group in opt.param_groups:
-            group["lr"] = options.lr * _lr_factor(prog, step, options.warmup)
-        v, o, d = train_w.batch(options.batch_size, gen)
-        loss = context_query_loss(denoiser, v, o, d, partition, schedule, gen)
+            group["lr"] = options.lr * _lr_factor(schedule_progress(elapsed), step,
+                                                  options.warmup)
+        loss = loss_fn(network, generator)
         if not torch.isfinite(loss):
+            bar.close()
+            kept = (f"the resumable state of step {saved_step} is kept in {path}"
+                    if saved_step is not None else "nothing was written")
             raise CtxqError(f"training diverged: the loss is {float(loss.detach())} at step "
-                            f"{step + 1}; nothing was written (try a smaller --lr)")
+                            f"{step + 1}; {kept} (try a smaller --lr)")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(denoiser.parameters(), options.grad_clip)
+        torch.nn.utils.clip_grad_norm_(network.parameters(), options.grad_clip)
         opt.step()
         decay = min(options.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, p in zip(ema.parameters(), denoiser.parameters()):
+            for pe, p in zip(ema.parameters(), network.parameters()):
                 pe.lerp_(p, 1 - decay)
         step += 1
         loss_value = float(loss.detach())
         loss_avg = loss_value if loss_avg is None else 0.98 * loss_avg + 0.02 * loss_value
         record: dict[str, Any] = {"step": step, "loss": loss_value, "lr": opt.param_groups[0]["lr"],
-                                  "elapsed_s": round(time.perf_counter() - start, 3)}
-        if val_w is not None and step % options.val_every == 0:
-            val = record["val_loss"] = validation_loss(ema, val_w, partition, schedule,
-                                                       options.seed)
+                                  "elapsed_s": round(seconds0 + time.perf_counter() - start, 3)}
+        if validate is not None and step % options.val_every == 0:
+            val = record["val_loss"] = validate(ema)
         if log_file is not None:
             log_file.write(json.dumps(record) + "\n")
+        if options.checkpoint_every and step % options.checkpoint_every == 0:
+            save_state()
         bar.set_postfix(loss=f"{loss_avg:.4f}", val=f"{val:.4f}", refresh=False)
         bar.update(1)
     bar.close()
     elapsed = time.perf_counter() - start
-    if val_w is not None and step % options.val_every != 0:  # the final weights, once more
-        val = validation_loss(ema, val_w, partition, schedule, options.seed)
-    rate = step * options.batch_size / max(elapsed, 1e-9)
-    log.info("trained %d steps in %.1f s: %.1f samples/s, final loss %.4f, validation loss %.4f",
-             step, elapsed, rate, loss_avg or float("nan"), val)
-    summary = {"options": asdict(options), "steps_done": step, "seconds": round(elapsed, 1),
+    if validate is not None and step % options.val_every != 0:  # the final weights, once more
+        val = validate(ema)
+    rate = (step - first_step) * options.batch_size / max(elapsed, 1e-9)
+    log.info("trained to step %d in %.1f s: %.1f samples/s, final loss %.4f, validation loss "
+             "%.4f", step, elapsed, rate, loss_avg or float("nan"), val)
+    summary = {"options": opts, "steps_done": step, "seconds": round(seconds0 + elapsed, 1),
                "samples_per_s": round(rate, 2), "train_loss": loss_avg,
-               "val_loss": None if math.isnan(val) else val, "partition_reason": why}
-    return DenoiserModel(denoiser=ema, schedule=schedule, normalization=norm, partition=partition,
-                         variables=list(variables), window=options.window, domain=domain,
-                         step=step, training=summary)
+               "val_loss": None if math.isnan(val) else val}
+    return ema, summary
 
 
-def open_log(path: Path) -> IO[str]:
-    """Open the JSON-lines training log for writing."""
+def open_log(path: Path, append: bool = False) -> IO[str]:
+    """Open the JSON-lines training log for writing (appending when a run resumes)."""
     try:
-        return open(path, "w", encoding="utf-8")
+        return open(path, "a" if append else "w", encoding="utf-8")
     except OSError as exc:
         raise CtxqError(f"{path}: cannot write the training log ({exc.strerror})") from None

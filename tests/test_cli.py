@@ -1,5 +1,12 @@
 """The command line end to end on 16×16 files, and its one-line errors."""
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import netCDF4
 import numpy as np
 import pytest
@@ -7,6 +14,7 @@ from typer.testing import CliRunner
 
 from ctxq_cli import __version__
 from ctxq_cli.cli import app
+from ctxq_cli.errors import EXIT_INTERRUPTED
 
 from conftest import smooth_field, write_mask_nc, write_nc
 
@@ -113,3 +121,65 @@ def test_user_errors_are_one_line(workdir, monkeypatch, args, message):
     errors = [line for line in result.output.splitlines() if line.startswith("ctxq: error:")]
     assert len(errors) == 1 and message in errors[0]
     assert "Traceback" not in result.output
+
+
+def test_sigterm_writes_a_resumable_state_and_resume_goes_on(workdir, tmp_path):
+    out = tmp_path / "d.safetensors"
+    log_path = tmp_path / "d.log.jsonl"
+    command = [sys.executable, "-m", "ctxq_cli", "train-denoiser", str(workdir / "obs.nc"),
+               "--mask", str(workdir / "mask.nc"), "-o", str(out), "--channels", "8,16",
+               "--batch-size", "2", "--window", "2", "--steps", "100000",
+               "--checkpoint-every", "0", "--quiet"]
+    job = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and job.poll() is None:
+        if log_path.exists() and len(log_path.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == EXIT_INTERRUPTED, err
+    assert "resumable state written" in err and "Traceback" not in err
+    state = tmp_path / "d.resume.safetensors"
+    assert state.exists() and not out.exists()
+    stopped = len(log_path.read_text().splitlines())
+
+    again = run("train-denoiser", workdir / "obs.nc", "-o", out, "--steps", "100000")
+    assert again.exit_code == 1 and "--resume" in again.output  # never silently restarted
+    more = [a if a != "100000" else str(stopped + 3) for a in command[3:]] + ["--resume"]
+    resumed = run(*more)
+    assert resumed.exit_code == 0, resumed.output
+    steps = [json.loads(line)["step"] for line in log_path.read_text().splitlines()]
+    assert steps == list(range(1, stopped + 4))
+    assert out.exists() and not state.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs POSIX resource limits")
+def test_a_full_disk_fails_in_one_line_and_leaves_nothing(workdir, tmp_path):
+    import resource
+
+    def small_disk():  # writes beyond 20 kB fail as on a full disk (Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    out = tmp_path / "filled.nc"
+    job = subprocess.run([sys.executable, "-m", "ctxq_cli", "impute", str(workdir / "obs.nc"),
+                          "--checkpoint", str(workdir / "denoiser.safetensors"), "-o", str(out),
+                          "--ensemble", "2", "--quiet"], preexec_fn=small_disk,
+                         capture_output=True, text=True, timeout=120)
+    assert job.returncode == 1, job.stderr
+    assert job.stderr.startswith(f"ctxq: error: {out}: cannot write")
+    assert len(job.stderr.strip().splitlines()) == 1
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="permissions do not bind root")
+def test_a_read_only_directory_fails_in_one_line(workdir, tmp_path):
+    tmp_path.chmod(0o555)
+    try:
+        result = run("impute", workdir / "obs.nc", "--checkpoint",
+                     workdir / "denoiser.safetensors", "-o", tmp_path / "x.nc", "--quiet")
+    finally:
+        tmp_path.chmod(0o755)
+    assert result.exit_code == 1 and "cannot write" in result.output
+    assert os.listdir(tmp_path) == []

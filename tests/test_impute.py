@@ -63,6 +63,22 @@ def test_same_seed_same_output_whatever_the_batch(model):
     c = impute_field(model, v, observed, model.domain, ensemble=5, seed=2, progress=False)
     np.testing.assert_allclose(a.mean, b.mean, rtol=0, atol=1e-6, equal_nan=True)
     assert not np.allclose(a.mean, c.mean, equal_nan=True)
+    again = impute_field(model, v, observed, model.domain, ensemble=5, seed=1, batch=2,
+                         progress=False)
+    assert again.mean.tobytes() == a.mean.tobytes() and again.std.tobytes() == a.std.tobytes()
+
+
+def test_a_frame_without_observations_is_filled_with_large_spread_and_flagged(model):
+    values = smooth_field(6, 16, 16, seed=5)[:, None]
+    observed = np.random.default_rng(3).random(values.shape) < 0.4
+    observed[2] = False
+    result = impute_field(model, np.where(observed, values, 0), observed, model.domain,
+                          ensemble=4, progress=False)
+    assert result.empty_frames == [2]
+    inside = model.domain
+    assert np.isfinite(result.mean[2, 0][inside]).all()
+    assert (result.std[2, 0][inside] >= np.float32(model.normalization.std[0])).all()
+    assert np.median(result.std[1, 0][inside & ~observed[1, 0]]) < model.normalization.std[0]
 
 
 def test_multi_step_gives_posterior_samples(model):

@@ -126,10 +126,10 @@ def test_npz_output(tmp_path, small_field):
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.nc"
     target.write_text("previous")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(CtxqError, match="out.nc: cannot write .boom.; nothing was written"):
         with io.atomic_path(target) as tmp:
             tmp.write_text("half")
-            raise RuntimeError("boom")
+            raise RuntimeError("boom")  # what netCDF4 raises on a full disk
     assert target.read_text() == "previous"
     assert os.listdir(tmp_path) == ["out.nc"]
 

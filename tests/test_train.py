@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from ctxq_cli import checkpoint
-from ctxq_cli.errors import CtxqError
+from ctxq_cli import checkpoint, resume
+from ctxq_cli.errors import CtxqError, Interrupted
 from ctxq_cli.model import DenoiserModel
-from ctxq_cli.train import TrainOptions, train_denoiser
+from ctxq_cli.train import LoopOptions, RunControl, TrainOptions, optimise, train_denoiser
 
 from conftest import smooth_field
 
@@ -78,3 +78,66 @@ def test_a_diverging_loss_stops_training_with_one_line():
     with pytest.raises(CtxqError, match="training diverged: the loss is .* at step 1"):
         train_denoiser(values, observed | True, domain, ["sst"],
                        TrainOptions(steps=3, **TINY), torch.device("cpu"), progress=False)
+
+
+def _stop_after(n):
+    """A should_stop callback that turns true once the loop has asked n times."""
+    calls = iter(range(10**9))
+    return lambda: next(calls) >= n
+
+
+def test_an_interrupted_run_resumes_bit_for_bit(tmp_path):
+    values, observed, domain = _data()
+    opts = TrainOptions(steps=12, partition="empirical", checkpoint_every=5, **TINY)
+    cpu = torch.device("cpu")
+    straight = train_denoiser(values, observed, domain, ["sst"], opts, cpu, progress=False)
+
+    state = resume.state_path(tmp_path / "d.safetensors")
+    log_path = tmp_path / "log.jsonl"
+    with open(log_path, "w") as f, pytest.raises(Interrupted, match="interrupted at step 7 of 12"):
+        train_denoiser(values, observed, domain, ["sst"], opts, cpu, f, progress=False,
+                       control=RunControl(state, should_stop=_stop_after(7)))
+    assert state.exists() and resume.previous_path(state).exists()  # step 7 and step 5
+    with open(log_path, "a") as f:
+        resumed = train_denoiser(values, observed, domain, ["sst"], opts, cpu, f,
+                                 progress=False, control=RunControl(state, resume=True))
+    for name, tensor in straight.denoiser.state_dict().items():
+        assert torch.equal(tensor, resumed.denoiser.state_dict()[name]), name
+    steps = [json.loads(line)["step"] for line in log_path.read_text().splitlines()]
+    assert steps == list(range(1, 13))  # the loss curve goes on where it stopped
+    assert resumed.step == 12
+
+
+def test_resume_refuses_other_options_or_data_and_survives_a_torn_state(tmp_path):
+    values, observed, domain = _data()
+    opts = TrainOptions(steps=6, checkpoint_every=2, **TINY)
+    cpu = torch.device("cpu")
+    state = resume.state_path(tmp_path / "d.safetensors")
+    with pytest.raises(Interrupted):
+        train_denoiser(values, observed, domain, ["sst"], opts, cpu, progress=False,
+                       control=RunControl(state, should_stop=_stop_after(5)))
+    with pytest.raises(CtxqError, match="option lr was"):
+        train_denoiser(values, observed, domain, ["sst"], TrainOptions(**{**vars(opts), "lr": 1.0}),
+                       cpu, progress=False, control=RunControl(state, resume=True))
+    with pytest.raises(CtxqError, match="the data differ"):
+        train_denoiser(values * 2, observed, domain, ["sst"], opts, cpu, progress=False,
+                       control=RunControl(state, resume=True))
+    state.write_bytes(state.read_bytes()[:100])   # a crash mid-copy: the previous state is used
+    model = train_denoiser(values, observed, domain, ["sst"], opts, cpu, progress=False,
+                           control=RunControl(state, resume=True))
+    assert model.step == 6
+
+
+def test_divergence_names_the_step_and_keeps_the_last_good_state(tmp_path):
+    values, observed, domain = _data()
+    state = resume.state_path(tmp_path / "d.safetensors")
+    calls = iter(range(100))
+
+    def poisoned_after_three(net, g):
+        return torch.tensor(float("nan")) if next(calls) >= 3 else net.weight.sum() ** 2
+
+    net = torch.nn.Linear(2, 2)
+    with pytest.raises(CtxqError, match=r"nan at step 4; the resumable state of step 2 is kept"):
+        optimise(net, poisoned_after_three, LoopOptions(steps=10, checkpoint_every=2),
+                 torch.Generator().manual_seed(0), None, {}, RunControl(state), progress=False)
+    assert resume.load_state(state).step == 2
