@@ -74,6 +74,8 @@ def load(path: Path | str, kind: str) -> Checkpoint:
     if meta.get("format") != FORMAT_VERSION:
         raise CtxqError(f"{path}: checkpoint format {meta.get('format')} is not supported by "
                         f"ctxq {__version__} (format {FORMAT_VERSION})")
+    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors.values()):
+        raise CtxqError(f"{path}: checkpoint holds NaN or infinite weights; it is corrupted")
     weights = {k: v for k, v in tensors.items() if not k.startswith(EXTRA)}
     extras = {k[len(EXTRA):]: v for k, v in tensors.items() if k.startswith(EXTRA)}
     return Checkpoint(meta=meta, weights=weights, extras=extras)

@@ -158,6 +158,9 @@ def _load_inputs(data: Path, mask: Path | None, var: list[str] | None,
 
     fld = io.read_field(data, var, mask)
     log.info("%s: %s", data, fld.describe())
+    if not fld.observed.any():
+        raise CtxqError(f"{data}: variable '{fld.names[0]}' has no observed value at all; "
+                        "nothing to learn from")
     dom = io.read_domain(domain, fld.grid) if domain else io.observed_domain(fld.observed)
     outside = int((~dom).sum())
     if outside:

@@ -325,8 +325,6 @@ def read_field(path: Path | str, variables: Sequence[str] | None = None,
     fld = reader(path, variables, default)
     if mask_path is not None:
         apply_mask(fld, read_mask(Path(mask_path), fld.names), Path(mask_path))
-    if not fld.observed.any():
-        raise CtxqError(f"{path}: variable '{fld.names[0]}' has no observed value at all")
     return fld
 
 

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from ctxq_cli import __version__
 from ctxq_cli.cli import app
 from ctxq_cli.errors import EXIT_INTERRUPTED
+from ctxq_cli.model import DenoiserModel
 
 from conftest import smooth_field, write_mask_nc, write_nc
 
@@ -183,3 +184,21 @@ def test_a_read_only_directory_fails_in_one_line(workdir, tmp_path):
         tmp_path.chmod(0o755)
     assert result.exit_code == 1 and "cannot write" in result.output
     assert os.listdir(tmp_path) == []
+
+
+def test_a_file_without_observations_trains_nothing_but_is_filled_from_the_prior(workdir,
+                                                                                  tmp_path):
+    empty = write_nc(tmp_path / "cloudy.nc", smooth_field(3, 16, 16, seed=1),
+                     observed=np.zeros((3, 16, 16), bool))
+    result = run("train-denoiser", empty, "-o", tmp_path / "d.safetensors", *TINY)
+    assert result.exit_code == 1 and "no observed value at all" in result.output
+    out = tmp_path / "filled.nc"
+    result = run("impute", empty, "--checkpoint", workdir / "denoiser.safetensors", "-o", out,
+                 "--ensemble", "2", "--quiet")
+    assert result.exit_code == 0, result.output
+    with netCDF4.Dataset(out) as ds:
+        assert ds.ctxq_frames_without_observations == 3
+        assert list(ds.ctxq_empty_frame_indices) == [0, 1, 2]
+        filled = ds.variables["sst"][:].filled(np.nan)
+    domain = DenoiserModel.load(workdir / "denoiser.safetensors").domain
+    assert np.isfinite(filled[:, domain]).all()

@@ -156,7 +156,6 @@ def test_check_output_refuses_existing_and_inputs(tmp_path):
     ("transposed", "expected the order"),
     ("mask_shape", "does not match"),
     ("mask_values", "values other than 0/1/NaN"),
-    ("empty", "no observed value"),
     ("corrupt", "cannot be read as NetCDF"),
 ])
 def test_errors_are_one_line_and_name_the_file(tmp_path, small_field, case, pattern):
@@ -192,8 +191,6 @@ def test_errors_are_one_line_and_name_the_file(tmp_path, small_field, case, patt
                 ds.createDimension(d, n)
             ds.createVariable("mask", "f4", ("time", "lat", "lon"))[:] = 0.5
         kwargs["mask_path"] = mpath
-    elif case == "empty":
-        path = write_nc(tmp_path / "e.nc", values, observed=np.zeros(values.shape, bool))
     elif case == "corrupt":
         path = tmp_path / "c.nc"
         path.write_bytes(good.read_bytes()[:200])
