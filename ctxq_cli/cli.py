@@ -344,11 +344,19 @@ def _write_imputation(out: Path, fld, result, checkpoint: Path, ensemble: int, s
     for c, name in enumerate(fld.names):
         attrs = dict(fld.var_attrs[c])
         label = attrs.get("long_name", name)
-        attrs["ancillary_variables"] = f"{name}_std"
+        attrs["ancillary_variables"] = f"{name}_std {name}_flag" + (
+            f" {name}_members" if result.members is not None else "")
         variables.append(io.OutputVariable(name, result.mean[:, c], attrs, encoding=precise))
         std_attrs = {k: attrs[k] for k in ("units",) if k in attrs}
         std_attrs["long_name"] = f"ensemble spread (standard deviation) of {label}"
         variables.append(io.OutputVariable(f"{name}_std", result.std[:, c], std_attrs))
+        observed = fld.observed[:, c]
+        flag = np.where(observed, 0.0, np.where(np.isfinite(result.mean[:, c]), 1.0, np.nan))
+        variables.append(io.OutputVariable(
+            f"{name}_flag", flag, {"long_name": f"origin of {label}",
+                                   "flag_values": np.array([0, 1], np.int8),
+                                   "flag_meanings": "observed filled_by_ctxq"},
+            encoding=Encoding("int8", -127)))
         if result.members is not None:
             variables.append(io.OutputVariable(
                 f"{name}_members", result.members[:, :, c],

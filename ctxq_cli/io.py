@@ -134,12 +134,13 @@ def _attrs(var: Any) -> dict[str, Any]:
     return {k: var.getncattr(k) for k in var.ncattrs()}
 
 
-def _data_variables(ds: Any) -> list[str]:
-    """Names of variables that are not coordinates, bounds or the mask."""
-    # Bounds and ancillary variables (e.g. an estimate's spread) are not data to fill.
+def _data_variables(ds: Any, ancillary: bool = False) -> list[str]:
+    """Names of variables that are not coordinates, bounds or the mask (nor ancillary)."""
+    # Bounds and ancillary variables (e.g. an estimate's spread) are not data to fill, but
+    # may be read when asked for by name.
     linked = set()
     for var in ds.variables.values():
-        for key in ("bounds", "ancillary_variables"):
+        for key in ("bounds",) + (() if ancillary else ("ancillary_variables",)):
             if key in var.ncattrs():
                 linked.update(str(var.getncattr(key)).split())
     out = []
@@ -238,7 +239,7 @@ def to_internal(array: np.ndarray, time_axis: int | None) -> np.ndarray:
 def _read_netcdf(path: Path, requested: Sequence[str] | None, default: Sequence[str]) -> Field:
     """Read and decode the chosen variables of a NetCDF file."""
     with _open_netcdf(path) as ds:
-        available = {n: ds.variables[n].ndim for n in _data_variables(ds)}
+        available = {n: ds.variables[n].ndim for n in _data_variables(ds, bool(requested))}
         names = choose_variables(path, available, requested, default, list(ds.variables))
         first = ds.variables[names[0]]
         dims, shape = tuple(first.dimensions), tuple(first.shape)
@@ -326,6 +327,17 @@ def read_field(path: Path | str, variables: Sequence[str] | None = None,
     if mask_path is not None:
         apply_mask(fld, read_mask(Path(mask_path), fld.names), Path(mask_path))
     return fld
+
+
+def imputed_variables(path: Path | str) -> list[str]:
+    """Variables of a ctxq output: those written with a ``VAR_flag`` companion."""
+    path = Path(path)
+    if file_format(path) == "npz":
+        names = list(_load_npz(path))
+    else:
+        with _open_netcdf(path) as ds:
+            names = list(ds.variables)
+    return [n for n in names if f"{n}_flag" in names]
 
 
 # ----------------------------------------------------------------------------- masks

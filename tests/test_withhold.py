@@ -1,0 +1,53 @@
+"""Withholding for cross-validation: a seeded subset of the observations, shaped as asked."""
+
+import numpy as np
+import pytest
+
+from ctxq_cli.errors import CtxqError
+from ctxq_cli.withhold import withhold
+
+
+def _clouds(frames=40, size=24, seed=0):
+    """Time-varying blob masks (True = observed), as (T, 1, H, W)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    seen = np.ones((frames, size, size), bool)
+    for t in range(frames):
+        for _ in range(3):
+            cy, cx, r = rng.integers(size), rng.integers(size), rng.integers(3, 7)
+            seen[t] &= (yy - cy) ** 2 + (xx - cx) ** 2 > r * r
+    return seen[:, None]
+
+
+@pytest.mark.parametrize("pattern", ["mask", "pixel", "block"])
+def test_hidden_cells_are_observed_inside_the_domain_and_about_the_fraction(pattern):
+    observed = _clouds()
+    domain = np.ones(observed.shape[-2:], bool)
+    domain[:, :3] = False
+    hidden = withhold(observed, domain, 0.1, pattern, seed=1)
+    assert hidden.shape == observed.shape
+    assert not (hidden & ~observed).any() and not hidden[..., ~domain].any()
+    share = hidden.sum() / (observed & domain).sum()
+    assert 0.06 < share < 0.2, share
+    np.testing.assert_array_equal(hidden, withhold(observed, domain, 0.1, pattern, seed=1))
+    assert not np.array_equal(hidden, withhold(observed, domain, 0.1, pattern, seed=2))
+
+
+def test_mask_pattern_hides_real_gap_shapes():
+    observed = _clouds()
+    hidden = withhold(observed, np.ones((24, 24), bool), 0.1, "mask", seed=0)[:, 0]
+    gaps = ~observed[:, 0]
+    for t in np.flatnonzero(hidden.any(axis=(1, 2))):
+        # the hidden cells of frame t are exactly another frame's gaps over t's observations
+        assert any(np.array_equal(hidden[t], observed[t, 0] & gaps[s])
+                   for s in range(len(gaps)) if s != t)
+
+
+def test_static_mask_falls_back_to_blocks_and_bad_options_are_refused():
+    observed = np.broadcast_to(_clouds(1)[0], (10, 1, 24, 24))
+    hidden = withhold(observed, np.ones((24, 24), bool), 0.2, "mask", seed=0)
+    assert hidden.any()
+    with pytest.raises(CtxqError, match="between 0 and 1"):
+        withhold(observed, np.ones((24, 24), bool), 1.5)
+    with pytest.raises(CtxqError, match="must be one of"):
+        withhold(observed, np.ones((24, 24), bool), 0.1, "stripes")
