@@ -179,7 +179,10 @@ def train_denoiser(
         "denoiser.safetensors"),
     window: Annotated[int, typer.Option(help="Consecutive frames per sample.", min=1)] = 3,
     partition: Annotated[str, typer.Option(
-        help="Context/query partition: auto, pixel, block or empirical.")] = "auto",
+        help="Context/query partition: auto, pixel, block, empirical or prior.")] = "auto",
+    mask_prior: Annotated[Path | None, typer.Option(
+        help="Mask prior (from train-mask-prior) for --partition prior; embedded in the "
+             "checkpoint.")] = None,
     context_ratio: Annotated[float, typer.Option(
         help="Share of observed cells kept as context (pixel, block).", min=0.05,
         max=0.99)] = 0.8,
@@ -216,12 +219,19 @@ def train_denoiser(
         from ctxq_cli.train import TrainOptions, open_log
         from ctxq_cli.train import train_denoiser as train
 
-        if partition not in ("auto", "pixel", "block", "empirical"):
-            raise CtxqError(f"--partition must be auto, pixel, block or empirical, "
+        if partition not in ("auto", "pixel", "block", "empirical", "prior"):
+            raise CtxqError(f"--partition must be auto, pixel, block, empirical or prior, "
                             f"not '{partition}'")
+        if (partition == "prior") != (mask_prior is not None):
+            raise CtxqError("--partition prior and --mask-prior FILE go together")
         widths = _parse_channels(channels)
         control, log_path, append = _prepare_run(output, log_file, resume, overwrite,
-                                                 [data, mask, domain])
+                                                 [data, mask, domain, mask_prior])
+        prior = None
+        if mask_prior is not None:
+            from ctxq_cli.model import MaskPriorModel
+
+            prior = MaskPriorModel.load(mask_prior)
         fld, dom = _load_inputs(data, mask, var, domain)
         if fld.frames < window:
             raise CtxqError(f"{data}: {fld.frames} frames, fewer than --window {window}")
@@ -236,7 +246,7 @@ def train_denoiser(
         with open_log(log_path, append) as log_io, stop_requests() as stop:
             control.should_stop = stop
             model = train(fld.values, fld.observed, dom, fld.names, options, dev, log_io,
-                          progress, control)
+                          progress, control, prior)
         model.training["command"] = _command_line()
         model.training["data"] = str(data)
         model.save(output)
@@ -297,6 +307,10 @@ def impute(
         "--output", "-o", help="Output file (default: <input stem>_imputed.nc/.npz).")] = None,
     members: Annotated[bool, typer.Option(help="Also write every ensemble member.")] = False,
     batch_size: Annotated[int, typer.Option(help="Denoiser passes per batch.", min=1)] = 64,
+    guided: Annotated[bool, typer.Option(
+        "--guided/--no-guided",
+        help="With a mask prior: draw each member's context guided towards its observations "
+             "(slower) instead of from the stored pool.")] = True,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
@@ -328,7 +342,7 @@ def impute(
         log.info("domain: %d cells, %d never observed in this file and filled from the model",
                  int(dom.sum()), int((dom & ~fld.observed.any(axis=(0, 1))).sum()))
         result = impute_field(model, fld.values, fld.observed, dom, ensemble, steps, seed,
-                              members, dev, batch_size, progress)
+                              members, dev, batch_size, progress, guided=guided)
         _write_imputation(out, fld, result, checkpoint, ensemble, steps, seed, model)
         log.info("wrote %s", out)
 
@@ -425,17 +439,73 @@ def train_mask_prior(
     domain: DomainOpt = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write.")] = Path(
         "mask_prior.safetensors"),
+    window: Annotated[int, typer.Option(
+        help="Consecutive mask frames per sample (use the denoiser's --window).", min=1)] = 3,
+    channels: Annotated[str, typer.Option(help="U-Net widths per level.")] = "32,64",
+    stem_patch: Annotated[int, typer.Option(
+        help="Fold p×p cells into channels at the network's input.", min=1, max=4)] = 2,
+    steps: Annotated[int, typer.Option(help="Optimiser steps at most.", min=1)] = 4000,
+    max_minutes: Annotated[float | None, typer.Option(
+        help="Stop after this many minutes.", min=0.01)] = None,
+    batch_size: Annotated[int, typer.Option(help="Mask windows per step.", min=1)] = 16,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).", min=0)] = 2e-3,
+    patch: Annotated[int, typer.Option(help="Train on random patches of this size on larger "
+                                            "grids.", min=8)] = 128,
+    val_fraction: Annotated[float, typer.Option(
+        help="Share of frames (the last ones) held out for validation.", min=0, max=0.5)] = 0.1,
+    log_file: LogOpt = None,
+    checkpoint_every: CheckpointEveryOpt = 1000,
+    resume: ResumeOpt = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Learn the distribution of the observation masks (Bayesian Flow Network prior)."""
-    with reporting(quiet):
-        from ctxq_cli import io
+    """Learn the distribution of the observation masks (Bayesian Flow Network prior).
 
-        io.check_output(output, overwrite, [data, mask, domain])
-        _load_inputs(data, mask, var, domain)
-        raise CtxqError("train-mask-prior is not available in this version of ctxq "
-                        f"({__version__}); the inputs above were read and checked")
+    Prints the observed fraction, spatial autocorrelation and cluster sizes of the real masks
+    next to masks sampled from the prior. Stops and resumes like train-denoiser.
+    """
+    with reporting(quiet) as progress:
+        from ctxq_cli.train import MaskPriorOptions, open_log
+        from ctxq_cli.train import train_mask_prior as train
+
+        widths = _parse_channels(channels)
+        control, log_path, append = _prepare_run(output, log_file, resume, overwrite,
+                                                 [data, mask, domain])
+        fld, dom = _load_inputs(data, mask, var, domain)
+        if fld.frames < window:
+            raise CtxqError(f"{data}: {fld.frames} frames, fewer than --window {window}")
+        options = MaskPriorOptions(window=window, channels=widths, stem_patch=stem_patch,
+                                   steps=steps, max_minutes=max_minutes, batch_size=batch_size,
+                                   lr=lr, patch=patch, val_fraction=val_fraction, seed=seed,
+                                   checkpoint_every=checkpoint_every)
+        dev = _device(device)
+        log.info("training the mask prior on %s", dev)
+        with open_log(log_path, append) as log_io, stop_requests() as stop:
+            control.should_stop = stop
+            model = train(fld.observed, dom, options, dev, log_io, progress, control)
+        model.training["command"] = _command_line()
+        model.training["data"] = str(data)
+        log.info("real masks vs masks sampled from the prior (%d windows each):\n%s",
+                 model.fidelity["samples"], fidelity_table(model.fidelity))
+        model.save(output)
+        _finish_run(control, output)
+
+
+def fidelity_table(fidelity: dict) -> str:
+    """Real and sampled mask statistics side by side."""
+    rows = [("observed fraction", "observed_fraction"), ("autocorrelation (lag 1)",
+                                                          "autocorrelation"),
+            ("mean missing cluster (cells)", "missing_cluster_size"),
+            ("mean observed cluster (cells)", "observed_cluster_size")]
+    real, sampled = fidelity["real"], fidelity["sampled"]
+    lines = [f"  {'':<30}{'real':>10}{'sampled':>10}"]
+    lines += [f"  {label:<30}{real[key]:>10.3f}{sampled[key]:>10.3f}" for label, key in rows]
+    hist = "  ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(real["fraction_histogram"],
+                                                       sampled["fraction_histogram"]))
+    lines.append(f"  fraction histogram, 10 bins 0→1 (real/sampled): {hist}")
+    return "\n".join(lines)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ctxq_cli.data import pad_grid
 from ctxq_cli.diffusion import multi_step, single_step
+from ctxq_cli.maskprior import GuidedPriorPartition
 from ctxq_cli.model import DenoiserModel
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,13 @@ def member_generator(seed: int, member: int, start: int, stage: int,
 def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
                  domain: np.ndarray, ensemble: int = 32, steps: int = 1, seed: int = 0,
                  members: bool = False, device: torch.device = torch.device("cpu"),
-                 batch: int = 64, progress: bool = True, omega_shape: str = "linear"
-                 ) -> Imputation:
-    """Fill a (T, C, H, W) field; observed values are returned unchanged."""
+                 batch: int = 64, progress: bool = True, omega_shape: str = "linear",
+                 guided: bool = True) -> Imputation:
+    """Fill a (T, C, H, W) field; observed values are returned unchanged.
+
+    With a ``prior`` partition and ``guided``, each member's context is drawn afresh from the
+    mask prior guided towards that member's observation window; otherwise from the stored pool.
+    """
     t, c, h, w = values.shape
     win = model.window
     multiple = model.denoiser.net.config.multiple
@@ -107,12 +112,20 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
 
     den = model.denoiser.to(device).eval()
     sigma = model.schedule.sigma_min
-    est = run("impute", 0, lambda s, wv, wo, g: single_step(den, wv, wo, dom, model.partition,
+    partition = model.partition
+    if guided and model.mask_prior is not None:
+        prior = model.mask_prior
+        partition = GuidedPriorPartition(prior.network.to(device),
+                                         torch.from_numpy(prior.domain).to(device),
+                                         steps=model.training.get("options", {}).get(
+                                             "prior_steps", 10),
+                                         overlap=getattr(partition, "overlap", 0.0))
+    est = run("impute", 0, lambda s, wv, wo, g: single_step(den, wv, wo, dom, partition,
                                                             sigma, g, batch))
     if steps > 1:
-        prior = torch.from_numpy(est.mean(axis=0)).to(device)
+        prior_mean = torch.from_numpy(est.mean(axis=0)).to(device)
         est = run(f"sample ({steps} steps)", 1, lambda s, wv, wo, g: multi_step(
-            den, wv, wo, dom, prior[s:s + win].reshape(win * c, hp, wp), model.partition,
+            den, wv, wo, dom, prior_mean[s:s + win].reshape(win * c, hp, wp), model.partition,
             model.schedule, steps, g, omega_shape, batch))
 
     est = est[:, :t, :, :h, :w]

@@ -44,7 +44,8 @@ sample. Because of the 1/d, the step per cell is about w_g/d, so the default is 
 Cells anchored at 0 (missing in M or left out of the anchor) are pushed towards ``missing``, so
 a strong guidance thins the draws towards the anchor itself.
 
-``PriorPartition`` intersects the observation with a prior mask, ``M_ctx = M̂ ∧ M`` and
+The ``prior`` partition (:class:`ctxq_cli.partition.IntersectionPartition` with a pool from
+:func:`draw_pool`) intersects the observation with a prior mask, ``M_ctx = M̂ ∧ M`` and
 ``M_qry = M ∧ ¬M_ctx``: any observed cell is a query whenever M̂ misses it, which a prior
 that puts positive mass on every mask does with positive probability, whatever the topology.
 
@@ -69,7 +70,7 @@ from scipy import ndimage
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ctxq_cli.partition import _random_crop, with_query
+from ctxq_cli.partition import with_query
 from ctxq_cli.unet import UNet, UNetConfig
 
 log = logging.getLogger(__name__)
@@ -385,69 +386,56 @@ def mask_statistics(masks: Tensor | np.ndarray, domain: Tensor | np.ndarray | No
     }
 
 
-# ----------------------------------------------------------------------------- partition
+# ----------------------------------------------------------------------------- pool
+
+def draw_pool(model: MaskPrior, count: int, grid: tuple[int, int] | Tensor, steps: int,
+              generator: torch.Generator, batch_size: int = 64,
+              guidance: Guidance | None = None) -> Tensor:
+    """A pool of ``count`` prior masks (CPU bool) for the ``prior`` intersection partition.
+
+    Drawing costs ``steps`` network passes per mask (guided: with back-propagation too). On
+    64×64×3 windows with 10 steps, guided masks for a batch of 16 took as long as 6 training
+    steps of the default denoiser, unguided ones 3, a draw from a pool 0.6 ms; so training
+    draws its contexts from a pool drawn once. The price: the context ratio |M̂ ∧ M| / |M|
+    is about the prior's density (0.71 for clouds hiding 30 %; guided draws reached 0.85).
+    """
+    pool = sample_masks(model, count, grid, steps, generator, guidance, batch_size).cpu()
+    h, w = pool.shape[-2:]
+    inside = (grid.cpu().bool().reshape(-1, h, w).any(dim=0) if isinstance(grid, Tensor)
+              else torch.ones(h, w, dtype=torch.bool))
+    always = pool.all(dim=(0, 1)) & inside
+    if always.any():
+        log.warning("%d in-domain cells are observed in every pool mask: where a batch lines "
+                    "up with them they are never queried; draw a larger pool", int(always.sum()))
+    return pool
+
 
 @dataclass
-class PriorPartition:
-    """Context = M ∧ M̂ with M̂ drawn from a pool of unguided masks sampled from the prior.
+class GuidedPriorPartition:
+    """Context = M ∧ M̂ with M̂ drawn afresh from the prior, guided towards M itself.
 
-    Drawing a mask costs ``steps`` network passes (guided: with back-propagation, and a fresh
-    draw for every observation). On 64×64×3 windows with 10 steps, guided masks for a batch of
-    16 took as long as 6 training steps of the default denoiser, unguided ones 3, a draw from
-    the pool 0.6 ms. So the pool is drawn once by ``refresh`` (redrawn when wanted) and
-    ``sample`` costs what ``empirical`` costs. The price: the context ratio
-    |M̂ ∧ M| / |M| is about the prior's density (0.71 for clouds hiding 30 %; guided draws
-    reached 0.85), so the contexts of sparse masks are sparse too.
-    Pool masks larger than the batch are cropped at a random offset; a pool whose window
-    length differs from the batch's serves it frame by frame.
+    Used at imputation, where each ensemble member's context follows the member's own
+    observation window; costs ``steps`` guided network passes per draw.
     """
 
-    pool: Tensor | None = None     # (N, F, H, W) bool masks drawn from the prior
+    model: MaskPrior
+    domain: Tensor                 # (H, W) bool, the prior's grid
+    steps: int = 10
+    rho: float = 0.5
+    weight: float | None = None
     overlap: float = 0.0
-    steps: int = 20
-    prior: dict[str, Any] | None = None   # MaskPriorConfig.to_dict() of the drawing network
     name: str = "prior"
 
-    def refresh(self, model: MaskPrior, count: int, grid: tuple[int, int] | Tensor,
-                generator: torch.Generator, batch_size: int = 64,
-                guidance: Guidance | None = None) -> None:
-        """Redraw the pool: ``count`` masks from ``model`` on ``grid`` (see ``sample_masks``)."""
-        self.pool = sample_masks(model, count, grid, self.steps, generator, guidance,
-                                 batch_size).cpu()
-        self.prior = model.config.to_dict()
-        h, w = self.pool.shape[-2:]
-        inside = (grid.cpu().bool().reshape(-1, h, w).any(dim=0) if isinstance(grid, Tensor)
-                  else torch.ones(h, w, dtype=torch.bool))
-        always = self.pool.all(dim=(0, 1)) & inside
-        if always.any():
-            log.warning("%d in-domain cells are observed in every pool mask: where a batch "
-                        "lines up with them they are never queried; draw a larger pool",
-                        int(always.sum()))
-
     def sample(self, observed: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Draw (context, query) with a random pool mask, randomly placed if larger."""
-        if self.pool is None or len(self.pool) == 0:
-            raise ValueError("prior partition needs a pool of masks; call refresh first")
-        b, f, h, w = observed.shape
-        n, pf, ph, pw = self.pool.shape
-        if pf == f:
-            idx = torch.randint(0, n, (b,), generator=generator, device=generator.device).cpu()
-            other = self.pool[idx]
-        else:
-            idx = torch.randint(0, n * pf, (b * f,), generator=generator,
-                                device=generator.device).cpu()
-            other = self.pool.reshape(n * pf, ph, pw)[idx].reshape(b, f, ph, pw)
-        if (ph, pw) != (h, w):
-            other = _random_crop(other, h, w, generator)
-        return with_query(observed, other.to(observed.device), self.overlap, generator)
+        """Draw (context, query) for observed (B, F, H', W') with H', W' ≥ the prior's grid."""
+        b, f, hp, wp = observed.shape
+        h, w = self.domain.shape
+        guide = Guidance(observed[..., :h, :w].cpu(), self.rho, self.weight)
+        drawn = sample_masks(self.model, b, self.domain, self.steps, generator, guide)
+        prior = F.pad(drawn.to(torch.uint8), (0, wp - w, 0, hp - h)).bool()
+        return with_query(observed, prior.to(observed.device), self.overlap, generator)
 
     def config(self) -> dict[str, Any]:
-        """Parameters for the checkpoint (pool and network weights are stored beside them)."""
+        """Parameters (the network is stored with the denoiser)."""
         return {"name": self.name, "overlap": self.overlap, "steps": self.steps,
-                "prior": self.prior}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], pool: Tensor | None = None) -> PriorPartition:
-        """Rebuild from ``config()`` and the stored pool."""
-        return cls(pool=pool, overlap=config["overlap"], steps=config["steps"],
-                   prior=config.get("prior"))
+                "rho": self.rho, "weight": self.weight}

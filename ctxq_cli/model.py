@@ -1,4 +1,8 @@
-"""A trained denoiser with everything needed to use it, saved to and rebuilt from one file."""
+"""Trained models with everything needed to use them, saved to and rebuilt from one file.
+
+A denoiser trained with the ``prior`` partition carries its mask prior inside its own file
+(weights under ``extra.prior.``), so imputing needs the denoiser's checkpoint only.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,62 @@ from ctxq_cli import checkpoint
 from ctxq_cli.data import Normalization
 from ctxq_cli.diffusion import Denoiser, NoiseSchedule
 from ctxq_cli.errors import CtxqError
-from ctxq_cli.partition import EmpiricalPartition, Partition, build_partition
+from ctxq_cli.maskprior import MaskPrior, MaskPriorConfig
+from ctxq_cli.partition import IntersectionPartition, Partition, build_partition
 from ctxq_cli.unet import UNetConfig
 
 KIND = "denoiser"
+PRIOR_KIND = "mask-prior"
+PRIOR = "prior."
+
+
+@dataclass
+class MaskPriorModel:
+    """A mask prior network (EMA weights), its window, training domain and fidelity report."""
+
+    network: MaskPrior
+    domain: np.ndarray                       # (H, W) bool
+    step: int = 0
+    training: dict[str, Any] = field(default_factory=dict)
+    fidelity: dict[str, Any] = field(default_factory=dict)   # real vs sampled mask statistics
+
+    @property
+    def window(self) -> int:
+        """Frames per mask window."""
+        return self.network.config.frames
+
+    def metadata(self) -> dict[str, Any]:
+        """The JSON document stored with the weights."""
+        return {"kind": PRIOR_KIND, "model": self.network.config.to_dict(),
+                "grid": list(self.domain.shape), "step": self.step, "training": self.training,
+                "fidelity": self.fidelity}
+
+    def save(self, path: Path | str) -> None:
+        """Write the prior to a safetensors checkpoint."""
+        checkpoint.save(path, self.metadata(), self.network.state_dict(),
+                        {"domain": torch.from_numpy(self.domain.astype(np.uint8))})
+
+    @classmethod
+    def from_parts(cls, path: Path | str, meta: dict[str, Any], weights: dict[str, torch.Tensor],
+                   domain: torch.Tensor, device: torch.device | str = "cpu") -> MaskPriorModel:
+        """Rebuild from metadata, weights and domain (a prior's own file or a denoiser's)."""
+        try:
+            network = MaskPrior(MaskPriorConfig.from_dict(meta["model"]))
+            network.load_state_dict(weights)
+            return cls(network=network.to(device).eval(), domain=domain.numpy().astype(bool),
+                       step=int(meta.get("step", 0)), training=dict(meta.get("training", {})),
+                       fidelity=dict(meta.get("fidelity", {})))
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CtxqError(f"{path}: incompatible or corrupted mask-prior checkpoint "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+
+    @classmethod
+    def load(cls, path: Path | str, device: torch.device | str = "cpu") -> MaskPriorModel:
+        """Rebuild a prior from its checkpoint file alone."""
+        ckpt = checkpoint.load(path, PRIOR_KIND)
+        if "domain" not in ckpt.extras:
+            raise CtxqError(f"{path}: mask-prior checkpoint without its domain; corrupted")
+        return cls.from_parts(path, ckpt.meta, ckpt.weights, ckpt.extras["domain"], device)
 
 
 @dataclass
@@ -32,6 +88,7 @@ class DenoiserModel:
     domain: np.ndarray                       # (H, W) bool, the training domain
     step: int = 0
     training: dict[str, Any] = field(default_factory=dict)
+    mask_prior: MaskPriorModel | None = None   # for the ``prior`` partition
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -58,10 +115,14 @@ class DenoiserModel:
         """Write the model (or the given weights, e.g. EMA) to a safetensors checkpoint."""
         extras = {"domain": torch.from_numpy(self.domain.astype(np.uint8))}
         meta = self.metadata()
-        if isinstance(self.partition, EmpiricalPartition) and self.partition.pool is not None:
+        if isinstance(self.partition, IntersectionPartition) and self.partition.pool is not None:
             pool = self.partition.pool.numpy()
             extras["mask_pool"] = torch.from_numpy(np.packbits(pool.ravel()))
             meta["mask_pool_shape"] = list(pool.shape)
+        if self.mask_prior is not None:
+            meta["mask_prior"] = self.mask_prior.metadata()
+            extras.update({PRIOR + k: v for k, v in self.mask_prior.network.state_dict().items()})
+            extras[PRIOR + "domain"] = torch.from_numpy(self.mask_prior.domain.astype(np.uint8))
         checkpoint.save(path, meta, weights or self.denoiser.state_dict(), extras)
 
     @classmethod
@@ -91,6 +152,11 @@ class DenoiserModel:
                 step=int(meta.get("step", 0)),
                 training=dict(meta.get("training", {})),
             )
+            if "mask_prior" in meta:
+                prior = {k[len(PRIOR):]: v for k, v in ckpt.extras.items() if k.startswith(PRIOR)}
+                model.mask_prior = MaskPriorModel.from_parts(
+                    path, meta["mask_prior"], {k: v for k, v in prior.items() if k != "domain"},
+                    prior["domain"], device)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CtxqError(f"{path}: incompatible or corrupted denoiser checkpoint "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None

@@ -13,7 +13,9 @@ observed cell is queried with positive probability given the context:
 - ``empirical``: ``M_ctx = M ∧ M'`` with ``M'`` another sample's observation mask, the
   intersection rule that gives positivity for any mask topology without a hand-made rule,
   provided the masks vary (a cell observed in every mask is never queried; ``auto`` then picks
-  another partition).
+  another partition);
+- ``prior``: the same intersection with masks drawn from a learned mask prior
+  (:mod:`ctxq_cli.maskprior`), which puts mass on every mask and so queries every cell.
 
 The optional overlap ``B`` also queries some context cells, so the denoiser learns to denoise
 what it sees (used by the multi-step sampler) besides filling what it does not.
@@ -111,27 +113,28 @@ class BlockPartition:
 
 
 @dataclass
-class EmpiricalPartition:
-    """Context = M ∧ M' with M' drawn from a pool of real observation masks."""
+class IntersectionPartition:
+    """Context = M ∧ M' with M' from a pool: the data's own masks or draws from a mask prior."""
 
-    pool: Tensor | None = None     # (N, F, H, W) bool, the data's own masks
+    pool: Tensor | None = None     # (N, F, H, W) bool
     overlap: float = 0.0
     name: str = "empirical"
 
     def sample(self, observed: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Draw (context, query) with a random pool mask, randomly placed if larger."""
         if self.pool is None or len(self.pool) == 0:
-            raise ValueError("empirical partition needs a pool of masks")
+            raise ValueError(f"{self.name} partition needs a pool of masks")
         b, f, h, w = observed.shape
         n, pf, ph, pw = self.pool.shape
-        idx = torch.randint(0, n, (b,), generator=generator, device=generator.device).cpu()
-        other = self.pool[idx]
-        if pf != f:  # a pool of single frames serves windows frame by frame
-            other = self.pool[torch.randint(0, n, (b * f,), generator=generator,
-                                            device=generator.device).cpu()]
-            other = other[:, 0].reshape(b, f, ph, pw)
+        if pf == f:
+            idx = torch.randint(0, n, (b,), generator=generator, device=generator.device).cpu()
+            other = self.pool[idx]
+        else:  # a pool of other window lengths serves the batch frame by frame
+            idx = torch.randint(0, n * pf, (b * f,), generator=generator,
+                                device=generator.device).cpu()
+            other = self.pool.reshape(n * pf, ph, pw)[idx].reshape(b, f, ph, pw)
         if (ph, pw) != (h, w):
-            other = _random_crop(other, h, w, generator)
+            other = random_crop(other, h, w, generator)
         return with_query(observed, other.to(observed.device), self.overlap, generator)
 
     def config(self) -> dict[str, Any]:
@@ -139,7 +142,7 @@ class EmpiricalPartition:
         return {"name": self.name, "overlap": self.overlap}
 
 
-def _random_crop(masks: Tensor, h: int, w: int, generator: torch.Generator) -> Tensor:
+def random_crop(masks: Tensor, h: int, w: int, generator: torch.Generator) -> Tensor:
     """Crop (N, F, H', W') masks to (N, F, h, w) at one random offset, padding if smaller."""
     n, f, ph, pw = masks.shape
     if ph < h or pw < w:
@@ -151,15 +154,15 @@ def _random_crop(masks: Tensor, h: int, w: int, generator: torch.Generator) -> T
 
 
 def build_partition(config: dict[str, Any], pool: Tensor | None = None) -> Partition:
-    """Rebuild a partition from its config (and mask pool for ``empirical``)."""
+    """Rebuild a partition from its config (and its mask pool for ``empirical``/``prior``)."""
     params = {k: v for k, v in config.items() if k != "name"}
     name = config["name"]
     if name == "pixel":
         return PixelPartition(**params)
     if name == "block":
         return BlockPartition(**params)
-    if name == "empirical":
-        return EmpiricalPartition(pool=pool, **params)
+    if name in ("empirical", "prior"):
+        return IntersectionPartition(pool=pool, name=name, **params)
     raise ValueError(f"unknown partition '{name}'")
 
 

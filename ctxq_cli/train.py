@@ -25,10 +25,18 @@ from ctxq_cli import resume
 from ctxq_cli.data import Normalization, Windows
 from ctxq_cli.diffusion import Denoiser, NoiseSchedule, context_query_loss, parameter_count
 from ctxq_cli.errors import CtxqError, Interrupted
-from ctxq_cli.model import DenoiserModel
+from ctxq_cli.maskprior import (
+    MaskPrior,
+    MaskPriorConfig,
+    draw_pool,
+    mask_prior_loss,
+    mask_statistics,
+    sample_masks,
+)
+from ctxq_cli.model import DenoiserModel, MaskPriorModel
 from ctxq_cli.partition import (
     BlockPartition,
-    EmpiricalPartition,
+    IntersectionPartition,
     Partition,
     PixelPartition,
     choose_partition,
@@ -71,6 +79,22 @@ class TrainOptions(LoopOptions):
     patch: int = 128
     low_noise_fraction: float = 0.8
     pool_size: int = 512
+    prior_steps: int = 10         # ODE steps per mask drawn from a mask prior
+
+
+@dataclass(frozen=True)
+class MaskPriorOptions(LoopOptions):
+    """Everything that shapes a mask prior's training run; stored in its checkpoint."""
+
+    window: int = 3
+    scale: float = 1.0
+    channels: tuple[int, ...] = (32, 64)
+    stem_patch: int = 2
+    val_fraction: float = 0.1
+    patch: int = 128
+    batch_size: int = 16
+    report_samples: int = 64
+    report_steps: int = 20
 
 
 @dataclass
@@ -83,7 +107,8 @@ class RunControl:
 
 
 def make_partition(options: TrainOptions, observed: np.ndarray, domain: np.ndarray,
-                   windows: Windows, generator: torch.Generator) -> tuple[Partition, str]:
+                   windows: Windows, generator: torch.Generator,
+                   mask_prior: MaskPriorModel | None = None) -> tuple[Partition, str]:
     """The partition named by the options, or the one ``auto`` picks from the masks."""
     masks = observed.any(axis=1)  # (T, H, W): a cell is observed if any variable is
     structure = mask_structure(masks, domain)
@@ -95,7 +120,19 @@ def make_partition(options: TrainOptions, observed: np.ndarray, domain: np.ndarr
         return BlockPartition(size=size, ratio=ratio, overlap=overlap), "chosen with --partition"
     if name == "empirical":
         pool = windows.mask_pool(options.pool_size, generator)
-        return EmpiricalPartition(pool=pool, overlap=overlap), "chosen with --partition"
+        return IntersectionPartition(pool=pool, overlap=overlap), "chosen with --partition"
+    if name == "prior":
+        if mask_prior is None:
+            raise CtxqError("--partition prior needs --mask-prior FILE (see train-mask-prior)")
+        start = time.perf_counter()
+        prior_domain = torch.from_numpy(mask_prior.domain).to(windows.domain.device)
+        pool = draw_pool(mask_prior.network.to(prior_domain.device), options.pool_size,
+                         prior_domain,
+                         options.prior_steps, generator)
+        log.info("drew %d masks from the mask prior in %.1f s", len(pool),
+                 time.perf_counter() - start)
+        return (IntersectionPartition(pool=pool, overlap=overlap, name="prior"),
+                "chosen with --partition")
     return choose_partition(structure, ratio, overlap)
 
 
@@ -122,7 +159,8 @@ def validation_loss(denoiser: Denoiser, windows: Windows, partition: Partition,
 def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
                    variables: list[str], options: TrainOptions, device: torch.device,
                    log_file: IO[str] | None = None, progress: bool = True,
-                   control: RunControl | None = None) -> DenoiserModel:
+                   control: RunControl | None = None,
+                   mask_prior: MaskPriorModel | None = None) -> DenoiserModel:
     """Train a denoiser on a field (T, C, H, W) with its observation mask and domain (H, W)."""
     torch.manual_seed(options.seed)
     gen = torch.Generator(device=device).manual_seed(options.seed)
@@ -140,7 +178,12 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
                       (0, t - n_val), device)
     val_w = (Windows(normed, observed, domain, options.window, config.multiple, options.patch,
                      (t - n_val, t), device) if n_val else None)
-    partition, why = make_partition(options, observed[: t - n_val], domain, train_w, gen)
+    if mask_prior is not None and mask_prior.window != options.window:
+        raise CtxqError(f"the mask prior's window ({mask_prior.window} frames) differs from "
+                        f"--window {options.window}; train the prior with --window "
+                        f"{options.window}")
+    partition, why = make_partition(options, observed[: t - n_val], domain, train_w, gen,
+                                    mask_prior)
     log.info("partition: %s (%s)", partition.name, why)
 
     schedule = NoiseSchedule(low_noise_fraction=options.low_noise_fraction)
@@ -164,7 +207,68 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
     summary["partition_reason"] = why
     return DenoiserModel(denoiser=ema, schedule=schedule, normalization=norm, partition=partition,
                          variables=list(variables), window=options.window, domain=domain,
-                         step=summary["steps_done"], training=summary)
+                         step=summary["steps_done"], training=summary,
+                         mask_prior=mask_prior if partition.name == "prior" else None)
+
+
+def train_mask_prior(observed: np.ndarray, domain: np.ndarray, options: MaskPriorOptions,
+                     device: torch.device, log_file: IO[str] | None = None,
+                     progress: bool = True, control: RunControl | None = None) -> MaskPriorModel:
+    """Learn p(M) from observation masks (T, C, H, W) inside the domain (H, W)."""
+    torch.manual_seed(options.seed)
+    gen = torch.Generator(device=device).manual_seed(options.seed)
+    masks = (observed.any(axis=1) & domain[None])[:, None]          # (T, 1, H, W)
+    t = masks.shape[0]
+    config = MaskPriorConfig(frames=options.window, scale=options.scale,
+                             channels=tuple(options.channels), patch=options.stem_patch)
+    n_val = int(round(t * options.val_fraction))
+    if n_val < options.window or t - n_val < options.window:
+        n_val = 0
+    zeros = np.zeros(masks.shape, np.float32)   # Windows wants values; only masks matter here
+
+    def windows(frames: tuple[int, int]) -> Windows:
+        return Windows(zeros, masks, domain, options.window, config.multiple, options.patch,
+                       frames, device)
+
+    train_w = windows((0, t - n_val))
+    val_w = windows((t - n_val, t)) if n_val else None
+    network = MaskPrior(config).to(device)
+    log.info("mask prior: %d parameters, window %d, %d training windows%s",
+             parameter_count(network), options.window, train_w.count,
+             f", {val_w.count} validation windows" if val_w else ", no validation split")
+
+    def loss_fn(net: nn.Module, g: torch.Generator) -> Tensor:
+        _, o, d = train_w.batch(options.batch_size, g)
+        return mask_prior_loss(net, o, d, g)
+
+    @torch.no_grad()
+    def validate(ema: nn.Module) -> float:
+        g = torch.Generator(device=device).manual_seed(options.seed)
+        losses = [float(mask_prior_loss(ema, o, d, g)) * len(o)
+                  for _, o, d in val_w.sequential(stride=options.window)]
+        return sum(losses) / max(val_w.count // options.window, 1)
+
+    fingerprint = {"shape": list(masks.shape), "observed": int(masks.sum()),
+                   "domain": int(domain.sum())}
+    ema, summary = optimise(network, loss_fn, options, gen, validate if val_w else None,
+                            fingerprint, control or RunControl(), log_file, progress)
+    model = MaskPriorModel(network=ema, domain=domain, step=summary["steps_done"],
+                           training=summary)
+    model.fidelity = fidelity_report(model, train_w, options, device)
+    return model
+
+
+def fidelity_report(model: MaskPriorModel, real: Windows, options: MaskPriorOptions,
+                    device: torch.device) -> dict[str, Any]:
+    """Statistics of real mask windows next to windows sampled from the prior."""
+    g = torch.Generator(device=device).manual_seed(options.seed + 1)
+    n = min(options.report_samples, real.count)
+    real_masks = real.mask_pool(n, g)
+    dom = real.domain
+    sampled = sample_masks(model.network, n, dom, options.report_steps, g)
+    return {"real": mask_statistics(real_masks, dom.cpu()),
+            "sampled": mask_statistics(sampled, dom.cpu()),
+            "samples": n, "steps": options.report_steps}
 
 
 def optimise(network: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator], Tensor],

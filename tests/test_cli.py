@@ -109,10 +109,12 @@ def test_npz_in_npz_out(workdir, tmp_path):
     (["train-denoiser", "obs.nc", "--window", "50", "-o", "new.safetensors"],
      "fewer than --window 50"),
     (["train-denoiser", "obs.nc", "--partition", "magic"], "--partition must be"),
-    (["train-mask-prior", "obs.nc", "-o", "prior.safetensors"], "not available in this version"),
+    (["train-mask-prior", "obs.nc", "--window", "50", "-o", "p.safetensors"],
+     "fewer than --window 50"),
+    (["train-denoiser", "obs.nc", "-o", "n.safetensors", "--partition", "prior",
+      "--mask-prior", "mask.nc"], "not a readable safetensors"),
     (["train-denoiser", "obs.nc", "-o", "n.safetensors", "--log", "obs.nc"],
      "would overwrite an input"),
-    (["evaluate", "obs_imputed.nc", "--truth", "truth.nc"], "give --mask"),
 ])
 def test_user_errors_are_one_line(workdir, monkeypatch, args, message):
     monkeypatch.chdir(workdir)
@@ -202,3 +204,27 @@ def test_a_file_without_observations_trains_nothing_but_is_filled_from_the_prior
         filled = ds.variables["sst"][:].filled(np.nan)
     domain = DenoiserModel.load(workdir / "denoiser.safetensors").domain
     assert np.isfinite(filled[:, domain]).all()
+
+
+def test_mask_prior_end_to_end_and_embedded_in_the_denoiser(workdir, tmp_path):
+    prior = tmp_path / "prior.safetensors"
+    result = run("train-mask-prior", workdir / "obs.nc", "-o", prior, "--window", "2",
+                 "--channels", "8,16", "--steps", "4", "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    assert "sampled" in result.output and "autocorrelation" in result.output
+    den = tmp_path / "d.safetensors"
+    result = run("train-denoiser", workdir / "obs.nc", "-o", den, "--partition", "prior",
+                 "--mask-prior", prior, *TINY)
+    assert result.exit_code == 0, result.output
+    prior.unlink()   # the denoiser carries its prior
+    model = DenoiserModel.load(den)
+    assert model.partition.name == "prior" and model.mask_prior is not None
+    for guided in ("--guided", "--no-guided"):
+        out = tmp_path / f"filled{guided}.nc"
+        result = run("impute", workdir / "obs.nc", "--checkpoint", den, "-o", out,
+                     "--ensemble", "2", guided, "--quiet")
+        assert result.exit_code == 0, result.output
+        with netCDF4.Dataset(out) as ds:
+            assert np.isfinite(ds.variables["sst"][:].filled(np.nan)[:, model.domain]).all()
+    result = run("train-denoiser", workdir / "obs.nc", "-o", den, "--partition", "prior", *TINY)
+    assert result.exit_code == 1 and "--mask-prior" in result.output

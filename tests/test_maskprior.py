@@ -11,15 +11,15 @@ from ctxq_cli.maskprior import (
     Guidance,
     MaskPrior,
     MaskPriorConfig,
-    PriorPartition,
     _integrate,
     alpha_sigma,
+    draw_pool,
     intersection_context,
     mask_prior_loss,
     mask_statistics,
     sample_masks,
 )
-from ctxq_cli.partition import query_probability
+from ctxq_cli.partition import IntersectionPartition, build_partition, query_probability
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -199,9 +199,10 @@ def test_intersection_context():
 
 
 PARTITIONS = [
-    PriorPartition(pool=_masks((32, 3, 16, 16), p=0.6, seed=1)),
-    PriorPartition(pool=_masks((32, 3, 24, 20), p=0.6, seed=1), overlap=0.3),   # cropped
-    PriorPartition(pool=_masks((32, 1, 16, 16), p=0.6, seed=1)),                # by frame
+    IntersectionPartition(pool=_masks((32, 3, 16, 16), p=0.6, seed=1), name="prior"),
+    IntersectionPartition(pool=_masks((32, 3, 24, 20), p=0.6, seed=1), overlap=0.3,
+                          name="prior"),                                           # cropped
+    IntersectionPartition(pool=_masks((32, 1, 16, 16), p=0.6, seed=1), name="prior"),  # frames
 ]
 
 
@@ -218,17 +219,14 @@ def test_partition_splits_inside_the_observation_with_positivity(partition):
     assert (prob[observed] > 0).all() and (prob[~observed] == 0).all()
 
 
-def test_partition_refresh_and_config():
+def test_pool_from_the_prior_rebuilds_as_a_prior_partition():
     model = _model(frames=3)
-    part = PriorPartition(steps=3)
-    with pytest.raises(ValueError, match="refresh"):
-        part.sample(_masks((1, 3, 8, 8)), torch.Generator())
-    part.refresh(model, 6, (8, 8), torch.Generator().manual_seed(0), batch_size=4)
-    assert part.pool.shape == (6, 3, 8, 8) and part.pool.dtype == torch.bool
-    config = json.loads(json.dumps(part.config()))
-    assert config["name"] == "prior" and MaskPriorConfig.from_dict(config["prior"]) == model.config
-    rebuilt = PriorPartition.from_config(config, part.pool)
-    assert rebuilt.steps == 3 and rebuilt.pool is part.pool
+    pool = draw_pool(model, 6, (8, 8), 3, torch.Generator().manual_seed(0), batch_size=4)
+    assert pool.shape == (6, 3, 8, 8) and pool.dtype == torch.bool
+    part = build_partition({"name": "prior", "overlap": 0.0}, pool)
+    observed = _masks((2, 3, 8, 8), p=0.7)
+    context, query = part.sample(observed, torch.Generator().manual_seed(1))
+    assert part.name == "prior" and ((context | query) == observed).all()
 
 
 def test_short_training_reduces_the_loss():

@@ -6,7 +6,7 @@ import torch
 
 from ctxq_cli.partition import (
     BlockPartition,
-    EmpiricalPartition,
+    IntersectionPartition,
     PixelPartition,
     build_partition,
     choose_partition,
@@ -28,7 +28,7 @@ PARTITIONS = [
     PixelPartition(ratio=0.7),
     PixelPartition(ratio=0.5, overlap=0.3),
     BlockPartition(size=4, ratio=0.6),
-    EmpiricalPartition(pool=_pool()),
+    IntersectionPartition(pool=_pool()),
 ]
 
 
@@ -82,7 +82,7 @@ def test_blocks_are_whole_squares():
 def test_empirical_context_is_an_intersection():
     pool = _pool()
     observed = _observed(p=0.7)
-    context, _ = EmpiricalPartition(pool=pool).sample(observed, torch.Generator().manual_seed(2))
+    context, _ = IntersectionPartition(pool=pool).sample(observed, torch.Generator().manual_seed(2))
     # Each sample's context equals observed ∧ one pool mask.
     for b in range(len(observed)):
         assert any(((observed[b] & pool[n]) == context[b]).all() for n in range(len(pool)))
