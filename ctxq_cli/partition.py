@@ -221,7 +221,7 @@ def choose_partition(structure: MaskStructure, ratio: float,
 
     Scattered gaps get ``pixel``; clustered gaps get ``block`` with the blocks sized like the
     gaps. On Kolmogorov flow with 3×3 blocks and with clouds, ``block`` was at least as good as
-    ``empirical`` (examples/bench_work1.py), whose sparser contexts also fail on sparse masks.
+    ``empirical`` (examples/bench_partitions.py), whose sparser contexts also fail on sparse masks.
     """
     if structure.neighbour_correlation < 0.2:
         return (PixelPartition(ratio=ratio, overlap=overlap),

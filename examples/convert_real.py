@@ -150,7 +150,7 @@ _ERA5_TIME_FALLBACK = ("hours since 1940-01-01 00:00:00", "proleptic_gregorian")
 
 
 def era5_var_help() -> str:
-    return ", ".join(f"{s} ({l})" for s, (l, _, _) in ERA5_VARS.items())
+    return ", ".join(f"{s} ({label})" for s, (label, _, _) in ERA5_VARS.items())
 
 
 def _era5_store() -> str:
