@@ -52,6 +52,10 @@ LogOpt = Annotated[Path | None, typer.Option(
 CheckpointEveryOpt = Annotated[int, typer.Option(
     help="Write a resumable state every N steps (0: only when stopped); the last two are "
          "kept.", min=0)]
+CalibrateOpt = Annotated[bool, typer.Option(
+    "--calibrate/--no-calibrate",
+    help="Scale the ensemble spread to the error on withheld observations (S = 1; costs one "
+         "extra imputation of up to 48 frames).")]
 ResumeOpt = Annotated[bool, typer.Option(
     help="Continue from the resumable state beside the output, if any (else start afresh).")]
 
@@ -311,6 +315,7 @@ def impute(
         "--guided/--no-guided",
         help="With a mask prior: draw each member's context guided towards its observations "
              "(slower) instead of from the stored pool.")] = True,
+    calibrate: CalibrateOpt = True,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
@@ -319,7 +324,7 @@ def impute(
     """Fill the gaps of a field with a trained denoiser."""
     with reporting(quiet) as progress:
         from ctxq_cli import io
-        from ctxq_cli.impute import impute_field
+        from ctxq_cli.impute import calibrate_spread, impute_field
         from ctxq_cli.model import DenoiserModel
 
         fmt = io.file_format(data)
@@ -329,20 +334,15 @@ def impute(
         model = DenoiserModel.load(checkpoint, dev)
         fld = io.read_field(data, var, mask, default=model.variables)
         log.info("%s: %s", data, fld.describe())
-        if fld.names != model.variables:
-            raise CtxqError(f"{data}: variables {fld.names} do not match the checkpoint's "
-                            f"{model.variables} ({checkpoint})")
-        if domain is not None:
-            dom = io.read_domain(domain, fld.grid)
-        elif fld.grid == model.grid:
-            dom = model.domain
-        else:
-            raise CtxqError(f"{data}: grid {fld.grid} differs from the checkpoint's {model.grid}; "
-                            "give --domain for this grid")
+        _check_variables(fld, model, data, checkpoint)
+        dom = _imputation_domain(fld, model, domain)
         log.info("domain: %d cells, %d never observed in this file and filled from the model",
                  int(dom.sum()), int((dom & ~fld.observed.any(axis=(0, 1))).sum()))
+        scale = (calibrate_spread(model, fld.values, fld.observed, dom, ensemble, seed, dev,
+                                  batch_size, guided) if calibrate and steps == 1 else 1.0)
         result = impute_field(model, fld.values, fld.observed, dom, ensemble, steps, seed,
-                              members, dev, batch_size, progress, guided=guided)
+                              members, dev, batch_size, progress, guided=guided,
+                              spread_scale=scale)
         _write_imputation(out, fld, result, checkpoint, ensemble, steps, seed, model)
         log.info("wrote %s", out)
 
@@ -380,6 +380,7 @@ def _write_imputation(out: Path, fld, result, checkpoint: Path, ensemble: int, s
     provenance = {"ctxq_version": __version__, "ctxq_checkpoint": str(checkpoint),
                   "ctxq_ensemble": ensemble, "ctxq_steps": steps, "ctxq_seed": seed,
                   "ctxq_partition": model.partition.name, "ctxq_window": model.window,
+                  "ctxq_spread_scale": result.spread_scale,
                   "ctxq_frames_without_observations": len(result.empty_frames)}
     if result.empty_frames:  # 0-based indices along time, e.g. for masking in analysis
         provenance["ctxq_empty_frame_indices"] = np.asarray(result.empty_frames, dtype=np.int32)
@@ -389,46 +390,186 @@ def _write_imputation(out: Path, fld, result, checkpoint: Path, ensemble: int, s
 
 @app.command()
 def evaluate(
-    data: Annotated[Path, typer.Argument(help="Imputed field (output of 'ctxq impute').",
-                                         show_default=False)],
+    data: Annotated[Path, typer.Argument(
+        help="Imputed field (output of 'ctxq impute'), or observations with --checkpoint.",
+        show_default=False)],
     truth: Annotated[Path | None, typer.Option(help="Complete reference field.")] = None,
     mask: MaskOpt = None,
     var: VarOpt = None,
+    domain: DomainOpt = None,
     checkpoint: Annotated[Path | None, typer.Option(
-        help="Denoiser for cross-validation (hide observations, impute, score).")] = None,
+        help="Denoiser: impute DATA here (hiding --withhold of it when there is no truth).")
+    ] = None,
+    withhold: Annotated[float | None, typer.Option(
+        help="Share of the observations to hide and score on (default 0.1 without --truth).",
+        min=0, max=0.9)] = None,
+    withhold_pattern: Annotated[str, typer.Option(
+        help="Shape of the hidden cells: mask (another frame's gaps), pixel or block.")
+    ] = "mask",
+    ensemble: Annotated[int, typer.Option(help="Ensemble members K.", min=1)] = 32,
+    steps: Annotated[int, typer.Option(help="Sampler steps S.", min=1)] = 1,
+    baseline: Annotated[str | None, typer.Option(
+        help="Baselines to score beside ctxq: any of dineof,linear,oi.")] = None,
+    json_file: Annotated[Path | None, typer.Option(
+        "--json", help="Write every number (overall and per frame) to this JSON file.")] = None,
+    plot: Annotated[Path | None, typer.Option(
+        help="Write a figure (PNG) of one frame for every method and a calibration plot.")
+    ] = None,
+    frame: Annotated[int | None, typer.Option(
+        help="Frame to plot (default: the one with most scored cells).", min=0)] = None,
+    batch_size: Annotated[int, typer.Option(help="Denoiser passes per batch.", min=1)] = 64,
+    calibrate: CalibrateOpt = True,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
-    """Score an imputed field against the truth on the cells that were missing."""
-    with reporting(quiet):
-        from ctxq_cli import io
-        from ctxq_cli.metrics import scores
+    """Score gap filling against a truth, or by hiding observations (cross-validation).
 
+    Scores the cells missing in the input (or hidden by --withhold) inside the domain, for
+    ctxq and the chosen baselines, all given the same observations.
+    """
+    with reporting(quiet) as progress:
+        from ctxq_cli import evaluation, io
+
+        names = evaluation.parse_baselines(baseline)
+        for path in (json_file, plot):
+            if path is not None:
+                io.check_output(path, True, [data, truth, mask, domain, checkpoint])
         if checkpoint is not None:
-            raise CtxqError("cross-validation (--checkpoint) is not available in this version; "
-                            "score against --truth")
-        if truth is None:
-            raise CtxqError("give --truth TRUTH (cross-validation without truth is not "
-                            "available in this version)")
-        if mask is None:
-            raise CtxqError("give --mask MASK: the observation mask of the imputed input, so "
-                            "that only its gaps are scored")
-        est = io.read_field(data, var)
-        ref = io.read_field(truth, est.names)
-        gaps = ~io.read_mask(mask, est.names).astype(bool)
-        if ref.values.shape != est.values.shape:
+            case = _cross_validation(data, truth, mask, var, domain, checkpoint, withhold,
+                                     withhold_pattern, ensemble, steps, batch_size, seed,
+                                     device, progress, calibrate)
+        else:
+            if truth is None:
+                raise CtxqError("give --truth TRUTH to score an imputed file, or --checkpoint "
+                                "CKPT to cross-validate on the observations")
+            if withhold:
+                raise CtxqError("--withhold needs --checkpoint (ctxq imputes what it hides)")
+            case = _imputed_file(data, truth, mask, var)
+        for name in names:
+            case.estimates.append(evaluation.run_baseline(
+                name, case.observed_values, case.observed, case.domain, seed))
+        report = evaluation.score(case.estimates, case.reference, case.cells, case.valid,
+                                  case.variables)
+        typer.echo(case.description)
+        typer.echo(evaluation.table(report))
+        if json_file is not None:
+            evaluation.write_json(json_file, {"description": case.description,
+                                              "command": _command_line(), "scores": report})
+            log.info("wrote %s", json_file)
+        if plot is not None:
+            from ctxq_cli.plots import evaluation_figure
+
+            evaluation_figure(plot, case, report, frame)
+            log.info("wrote %s", plot)
+
+
+def _imputed_file(data: Path, truth: Path, mask: Path | None, var: list[str] | None):
+    """An imputed file scored against the truth on its filled (or --mask's missing) cells."""
+    from ctxq_cli import evaluation, io
+
+    written = io.imputed_variables(data)
+    est = io.read_field(data, var or written or None)
+    by_ctxq = all(n in written for n in est.names)
+    flags = io.read_field(data, [f"{n}_flag" for n in est.names]) if by_ctxq else None
+    std = io.read_field(data, [f"{n}_std" for n in est.names]).values if by_ctxq else None
+    ref = io.read_field(truth, est.names)
+    if ref.values.shape != est.values.shape:
+        raise CtxqError(f"{truth}: shape {ref.values.shape} does not match {data} "
+                        f"{est.values.shape}")
+    if mask is not None:
+        seen = io.read_mask(mask, est.names).astype(bool)
+        if seen.shape[-2:] != est.grid or seen.shape[0] not in (1, est.frames):
+            raise CtxqError(f"{mask}: mask shape {seen.shape} does not match {data} "
+                            f"{est.values.shape}")
+        observed = np.broadcast_to(seen, est.values.shape) & est.observed
+    elif flags is not None:
+        observed = flags.observed & (flags.values == 0)
+    else:
+        raise CtxqError(f"{data}: no VAR_flag variables (not written by ctxq impute?); give "
+                        "--mask MASK, the observation mask of the imputed input")
+    dom = (flags.observed if flags is not None else est.observed).any(axis=(0, 1))
+    inside = dom[None, None]
+    gaps = ~observed & inside & est.observed
+    return evaluation.Case(
+        description=f"{data} against {truth}: scored on the filled cells",
+        variables=est.names, observed_values=np.where(observed, est.values, 0),
+        observed=observed, domain=dom, reference=ref.values,
+        cells=gaps & ref.observed, valid=ref.observed & inside,
+        estimates=[evaluation.Estimate("ctxq", est.values, std=std)])
+
+
+def _cross_validation(data: Path, truth: Path | None, mask: Path | None, var: list[str] | None,
+                      domain: Path | None, checkpoint: Path, withhold: float | None,
+                      pattern: str, ensemble: int, steps: int, batch_size: int, seed: int,
+                      device: str, progress: bool, calibrate: bool):
+    """Impute the observations with some hidden (or score on the gaps against the truth)."""
+    import time
+
+    from ctxq_cli import evaluation, io
+    from ctxq_cli.impute import calibrate_spread, impute_field
+    from ctxq_cli.model import DenoiserModel
+    from ctxq_cli.partition import mask_structure
+    from ctxq_cli.withhold import withhold as hide
+
+    dev = _device(device)
+    model = DenoiserModel.load(checkpoint, dev)
+    fld = io.read_field(data, var, mask, default=model.variables)
+    log.info("%s: %s", data, fld.describe())
+    _check_variables(fld, model, data, checkpoint)
+    dom = _imputation_domain(fld, model, domain)
+    fraction = withhold if withhold is not None else (0.0 if truth else 0.1)
+    hidden = np.zeros_like(fld.observed)
+    if fraction > 0:
+        block = mask_structure(fld.observed.any(axis=1), dom).block_size
+        hidden = hide(fld.observed, dom, fraction, pattern, seed, block)
+        if not hidden.any():
+            raise CtxqError(f"{data}: nothing to withhold (too few observations)")
+    kept = fld.observed & ~hidden
+    inside = dom[None, None]
+    if truth is not None:
+        ref = io.read_field(truth, fld.names)
+        if ref.values.shape != fld.values.shape:
             raise CtxqError(f"{truth}: shape {ref.values.shape} does not match {data} "
-                            f"{est.values.shape}")
-        if gaps.shape[-2:] != est.grid or gaps.shape[0] not in (1, est.frames):
-            raise CtxqError(f"{mask}: mask shape {gaps.shape} does not match {data} "
-                            f"{est.values.shape}")
-        cells = np.broadcast_to(gaps, est.values.shape) & est.observed & ref.observed
-        valid = ref.observed & est.observed.any(axis=(0, 1))[None, None]
-        typer.echo(f"{'variable':<16}{'cells':>10}{'RMSE':>12}{'MAE':>12}{'bias':>12}"
-                   f"{'VRMSE':>10}")
-        for c, name in enumerate(est.names):
-            r = scores(est.values[:, c], ref.values[:, c], cells[:, c], valid[:, c])
-            typer.echo(f"{name:<16}{r['cells']:>10}{r['rmse']:>12.5g}{r['mae']:>12.5g}"
-                       f"{r['bias']:>12.4g}{r['vrmse']:>10.4f}")
+                            f"{fld.values.shape}")
+        reference, valid = ref.values, ref.observed & inside
+        cells = ~kept & inside & ref.observed
+        what = f"against {truth} on {'the gaps' if not hidden.any() else 'gaps and hidden cells'}"
+    else:
+        reference, valid, cells = fld.values, fld.observed & inside, hidden
+        what = (f"cross-validation: {100 * hidden.sum() / max(fld.observed.sum(), 1):.1f} % of "
+                f"the observations hidden ({pattern} pattern, seed {seed}) and scored")
+    values = np.where(kept, fld.values, 0)      # hidden values never reach any method
+    start = time.perf_counter()
+    scale = (calibrate_spread(model, values, kept, dom, ensemble, seed, dev, batch_size)
+             if calibrate and steps == 1 else 1.0)
+    result = impute_field(model, values, kept, dom, ensemble, steps, seed, True, dev,
+                          batch_size, progress, spread_scale=scale)
+    ctxq = evaluation.Estimate("ctxq", result.mean, std=result.std, members=result.members,
+                               seconds=time.perf_counter() - start)
+    return evaluation.Case(
+        description=f"{data} with {checkpoint} (K = {ensemble}, S = {steps}), {what}",
+        variables=fld.names, observed_values=values, observed=kept, domain=dom,
+        reference=reference, cells=cells, valid=valid, estimates=[ctxq])
+
+
+def _check_variables(fld, model, data: Path, checkpoint: Path) -> None:
+    """The file must hold the checkpoint's variables."""
+    if fld.names != model.variables:
+        raise CtxqError(f"{data}: variables {fld.names} do not match the checkpoint's "
+                        f"{model.variables} ({checkpoint})")
+
+
+def _imputation_domain(fld, model, domain: Path | None) -> np.ndarray:
+    """--domain, or the checkpoint's when the grids agree."""
+    from ctxq_cli import io
+
+    if domain is not None:
+        return io.read_domain(domain, fld.grid)
+    if fld.grid == model.grid:
+        return model.domain
+    raise CtxqError(f"{fld.path}: grid {fld.grid} differs from the checkpoint's {model.grid}; "
+                    "give --domain for this grid")
 
 
 @app.command("train-mask-prior")

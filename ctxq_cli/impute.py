@@ -24,6 +24,8 @@ from ctxq_cli.data import pad_grid
 from ctxq_cli.diffusion import multi_step, single_step
 from ctxq_cli.maskprior import GuidedPriorPartition
 from ctxq_cli.model import DenoiserModel
+from ctxq_cli.partition import mask_structure
+from ctxq_cli.withhold import withhold
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class Imputation:
     std: np.ndarray
     members: np.ndarray | None   # (K, T, C, H, W)
     empty_frames: list[int]      # frames with no observation inside the domain
+    spread_scale: float = 1.0    # factor applied to the members' deviations from their mean
 
 
 def window_plan(frames: int, window: int, offset: int) -> list[tuple[int, int, int]]:
@@ -72,8 +75,11 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
                  domain: np.ndarray, ensemble: int = 32, steps: int = 1, seed: int = 0,
                  members: bool = False, device: torch.device = torch.device("cpu"),
                  batch: int = 64, progress: bool = True, omega_shape: str = "linear",
-                 guided: bool = True) -> Imputation:
+                 guided: bool = True, spread_scale: float = 1.0) -> Imputation:
     """Fill a (T, C, H, W) field; observed values are returned unchanged.
+
+    Members deviate from their mean by ``spread_scale`` times the raw deviations (see
+    :func:`calibrate_spread`).
 
     With a ``prior`` partition and ``guided``, each member's context is drawn afresh from the
     mask prior guided towards that member's observation window; otherwise from the stored pool.
@@ -130,6 +136,8 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
 
     est = est[:, :t, :, :h, :w]
     phys = model.normalization.invert(est.reshape(-1, c, h, w)).reshape(est.shape)
+    centre = phys.mean(axis=0)
+    phys = centre + np.float32(spread_scale) * (phys - centre)
     inside = domain[None, None]
     # Paste after averaging: a mean of K copies of a value need not equal it bit for bit.
     mean = np.where(observed, values, np.where(inside, phys.mean(axis=0), np.nan))
@@ -147,7 +155,39 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
     kept = None
     if members:
         kept = np.where(observed[None], values[None], np.where(inside[None], phys, np.nan))
-    return Imputation(mean=mean, std=std, members=kept, empty_frames=empty)
+    return Imputation(mean=mean, std=std, members=kept, empty_frames=empty,
+                      spread_scale=spread_scale)
+
+
+def calibrate_spread(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
+                     domain: np.ndarray, ensemble: int = 32, seed: int = 0,
+                     device: torch.device = torch.device("cpu"), batch: int = 64,
+                     guided: bool = True, frames: int = 48, fraction: float = 0.1) -> float:
+    """Factor that makes the ensemble spread match its error on withheld observations.
+
+    A single-step ensemble varies only through its context masks, so its spread is narrower
+    than the error of its mean. On up to ``frames`` consecutive frames from the middle of the
+    record, a ``fraction`` of the observations shaped like the real gaps is hidden and imputed
+    the same way; the factor is sqrt(mean error² / mean spread²) on the hidden cells.
+    """
+    t = values.shape[0]
+    lo = max(0, (t - frames) // 2)
+    chunk = slice(lo, lo + frames)
+    v, o = values[chunk], observed[chunk]
+    hidden = withhold(o, domain, fraction, "mask", seed + 7919,
+                      mask_structure(o.any(axis=1), domain).block_size)
+    if hidden.sum() < 50:
+        log.warning("too few observations to calibrate the spread (%d hidden); left as is",
+                    int(hidden.sum()))
+        return 1.0
+    kept = o & ~hidden
+    trial = impute_field(model, np.where(kept, v, 0), kept, domain, ensemble, 1, seed,
+                         device=device, batch=batch, progress=False, guided=guided)
+    err2 = float(np.mean((trial.mean[hidden] - v[hidden]).astype(np.float64) ** 2))
+    spread2 = float(np.mean(trial.std[hidden].astype(np.float64) ** 2))
+    scale = float(np.sqrt(err2 / spread2)) if spread2 > 0 else 1.0
+    log.info("spread calibrated on %d withheld observations: ×%.2f", int(hidden.sum()), scale)
+    return scale
 
 
 def _ranges(indices: list[int]) -> str:

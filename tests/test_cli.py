@@ -228,3 +228,40 @@ def test_mask_prior_end_to_end_and_embedded_in_the_denoiser(workdir, tmp_path):
             assert np.isfinite(ds.variables["sst"][:].filled(np.nan)[:, model.domain]).all()
     result = run("train-denoiser", workdir / "obs.nc", "-o", den, "--partition", "prior", *TINY)
     assert result.exit_code == 1 and "--mask-prior" in result.output
+
+
+def test_evaluate_by_cross_validation_with_baselines_json_and_plot(workdir, tmp_path):
+    report, figure = tmp_path / "cv.json", tmp_path / "cv.png"
+    args = ["evaluate", workdir / "obs.nc", "--checkpoint", workdir / "denoiser.safetensors",
+            "--withhold", "0.2", "--withhold-pattern", "pixel", "--ensemble", "4",
+            "--baseline", "linear,oi", "--json", report, "--plot", figure]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert "cross-validation" in result.output and "oi" in result.output
+    scores = json.loads(report.read_text())["scores"]["sst"]
+    assert set(scores) == {"ctxq", "linear", "oi"}
+    cells = {m: s["cells"] for m, s in scores.items()}
+    assert len(set(cells.values())) == 1 and cells["ctxq"] > 0   # the same hidden cells
+    assert scores["ctxq"]["crps"] > 0 and 0 <= scores["ctxq"]["coverage_90"] <= 1
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = tmp_path / "again.json"
+    assert run(*args[:-4], "--json", again).exit_code == 0     # seeded: same hidden cells,
+    repeat = json.loads(again.read_text())["scores"]["sst"]["ctxq"]
+    assert {k: v for k, v in repeat.items() if k != "seconds"} == {  # and the same scores
+        k: v for k, v in scores["ctxq"].items() if k != "seconds"}
+
+
+def test_evaluate_an_imputed_file_against_the_truth_without_a_mask(workdir, tmp_path):
+    out = tmp_path / "filled.nc"
+    assert run("impute", workdir / "obs.nc", "--checkpoint", workdir / "denoiser.safetensors",
+               "-o", out, "--ensemble", "4", "--quiet").exit_code == 0
+    by_flag = run("evaluate", out, "--truth", workdir / "truth.nc", "--baseline", "linear")
+    by_mask = run("evaluate", out, "--truth", workdir / "truth.nc", "--mask",
+                  workdir / "mask.nc")
+    assert by_flag.exit_code == 0 and by_mask.exit_code == 0, by_flag.output + by_mask.output
+    def ctxq_row(output):
+        return next(line for line in output.splitlines() if line.startswith("ctxq ")).split()
+
+    assert ctxq_row(by_flag.output)[1:3] == ctxq_row(by_mask.output)[1:3]
+    result = run("evaluate", out)
+    assert result.exit_code == 1 and "--truth" in result.output
