@@ -315,6 +315,11 @@ def impute(
         "--guided/--no-guided",
         help="With a mask prior: draw each member's context guided towards its observations "
              "(slower) instead of from the stored pool.")] = True,
+    guidance_rho: Annotated[float, typer.Option(
+        help="Guided prior: share ρ of the observed cells kept in each anchor.", min=0,
+        max=1)] = 0.5,
+    guidance_weight: Annotated[float, typer.Option(
+        help="Guided prior: guidance weight w_g per in-domain cell.", min=0)] = 0.03,
     calibrate: CalibrateOpt = True,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -338,11 +343,12 @@ def impute(
         dom = _imputation_domain(fld, model, domain)
         log.info("domain: %d cells, %d never observed in this file and filled from the model",
                  int(dom.sum()), int((dom & ~fld.observed.any(axis=(0, 1))).sum()))
-        scale = (calibrate_spread(model, fld.values, fld.observed, dom, ensemble, seed, dev,
-                                  batch_size, guided) if calibrate and steps == 1 else 1.0)
+        options = {"device": dev, "batch": batch_size, "guided": guided, "rho": guidance_rho,
+                   "guidance_weight": guidance_weight}
+        scale = (calibrate_spread(model, fld.values, fld.observed, dom, ensemble, seed,
+                                  **options) if calibrate and steps == 1 else 1.0)
         result = impute_field(model, fld.values, fld.observed, dom, ensemble, steps, seed,
-                              members, dev, batch_size, progress, guided=guided,
-                              spread_scale=scale)
+                              members, progress=progress, spread_scale=scale, **options)
         _write_imputation(out, fld, result, checkpoint, ensemble, steps, seed, model)
         log.info("wrote %s", out)
 
@@ -541,8 +547,8 @@ def _cross_validation(data: Path, truth: Path | None, mask: Path | None, var: li
                 f"the observations hidden ({pattern} pattern, seed {seed}) and scored")
     values = np.where(kept, fld.values, 0)      # hidden values never reach any method
     start = time.perf_counter()
-    scale = (calibrate_spread(model, values, kept, dom, ensemble, seed, dev, batch_size)
-             if calibrate and steps == 1 else 1.0)
+    scale = (calibrate_spread(model, values, kept, dom, ensemble, seed, device=dev,
+                              batch=batch_size) if calibrate and steps == 1 else 1.0)
     result = impute_field(model, values, kept, dom, ensemble, steps, seed, True, dev,
                           batch_size, progress, spread_scale=scale)
     ctxq = evaluation.Estimate("ctxq", result.mean, std=result.std, members=result.members,

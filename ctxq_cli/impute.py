@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,8 @@ from tqdm import tqdm
 
 from ctxq_cli.data import pad_grid
 from ctxq_cli.diffusion import multi_step, single_step
-from ctxq_cli.maskprior import GuidedPriorPartition
+from ctxq_cli.errors import CtxqError
+from ctxq_cli.maskprior import DEFAULT_CELL_WEIGHT, GuidedPriorPartition
 from ctxq_cli.model import DenoiserModel
 from ctxq_cli.partition import mask_structure
 from ctxq_cli.withhold import withhold
@@ -75,14 +77,16 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
                  domain: np.ndarray, ensemble: int = 32, steps: int = 1, seed: int = 0,
                  members: bool = False, device: torch.device = torch.device("cpu"),
                  batch: int = 64, progress: bool = True, omega_shape: str = "linear",
-                 guided: bool = True, spread_scale: float = 1.0) -> Imputation:
+                 guided: bool = True, spread_scale: float = 1.0, rho: float = 0.5,
+                 guidance_weight: float = DEFAULT_CELL_WEIGHT) -> Imputation:
     """Fill a (T, C, H, W) field; observed values are returned unchanged.
 
     Members deviate from their mean by ``spread_scale`` times the raw deviations (see
     :func:`calibrate_spread`).
 
     With a ``prior`` partition and ``guided``, each member's context is drawn afresh from the
-    mask prior guided towards that member's observation window; otherwise from the stored pool.
+    mask prior guided towards that member's observation window (anchor share ``rho``, weight
+    ``guidance_weight`` per in-domain cell); otherwise from the stored pool.
     """
     t, c, h, w = values.shape
     win = model.window
@@ -124,10 +128,14 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
         partition = GuidedPriorPartition(prior.network.to(device),
                                          torch.from_numpy(prior.domain).to(device),
                                          steps=model.training.get("options", {}).get(
-                                             "prior_steps", 10),
+                                             "prior_steps", 10), rho=rho,
+                                         cell_weight=guidance_weight,
                                          overlap=getattr(partition, "overlap", 0.0))
     est = run("impute", 0, lambda s, wv, wo, g: single_step(den, wv, wo, dom, partition,
                                                             sigma, g, batch))
+    if isinstance(partition, GuidedPriorPartition) and partition.ratios:
+        log.info("guided prior contexts keep %.2f of the observed cells on average (%.2f–%.2f)",
+                 float(np.mean(partition.ratios)), min(partition.ratios), max(partition.ratios))
     if steps > 1:
         prior_mean = torch.from_numpy(est.mean(axis=0)).to(device)
         est = run(f"sample ({steps} steps)", 1, lambda s, wv, wo, g: multi_step(
@@ -135,6 +143,9 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
             model.schedule, steps, g, omega_shape, batch))
 
     est = est[:, :t, :, :h, :w]
+    if not np.isfinite(est[:, :, :, domain]).all():
+        raise CtxqError("the denoiser produced non-finite values; its checkpoint may be "
+                        "damaged or the data far outside what it was trained on")
     phys = model.normalization.invert(est.reshape(-1, c, h, w)).reshape(est.shape)
     centre = phys.mean(axis=0)
     phys = centre + np.float32(spread_scale) * (phys - centre)
@@ -160,15 +171,15 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
 
 
 def calibrate_spread(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
-                     domain: np.ndarray, ensemble: int = 32, seed: int = 0,
-                     device: torch.device = torch.device("cpu"), batch: int = 64,
-                     guided: bool = True, frames: int = 48, fraction: float = 0.1) -> float:
+                     domain: np.ndarray, ensemble: int = 32, seed: int = 0, frames: int = 48,
+                     fraction: float = 0.1, **options: Any) -> float:
     """Factor that makes the ensemble spread match its error on withheld observations.
 
     A single-step ensemble varies only through its context masks, so its spread is narrower
     than the error of its mean. On up to ``frames`` consecutive frames from the middle of the
     record, a ``fraction`` of the observations shaped like the real gaps is hidden and imputed
-    the same way; the factor is sqrt(mean error² / mean spread²) on the hidden cells.
+    the same way (``options`` go to :func:`impute_field`); the factor is
+    sqrt(mean error² / mean spread²) on the hidden cells.
     """
     t = values.shape[0]
     lo = max(0, (t - frames) // 2)
@@ -182,7 +193,7 @@ def calibrate_spread(model: DenoiserModel, values: np.ndarray, observed: np.ndar
         return 1.0
     kept = o & ~hidden
     trial = impute_field(model, np.where(kept, v, 0), kept, domain, ensemble, 1, seed,
-                         device=device, batch=batch, progress=False, guided=guided)
+                         progress=False, **options)
     err2 = float(np.mean((trial.mean[hidden] - v[hidden]).astype(np.float64) ** 2))
     spread2 = float(np.mean(trial.std[hidden].astype(np.float64) ** 2))
     scale = float(np.sqrt(err2 / spread2)) if spread2 > 0 else 1.0

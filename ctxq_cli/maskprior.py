@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -422,20 +422,23 @@ class GuidedPriorPartition:
     domain: Tensor                 # (H, W) bool, the prior's grid
     steps: int = 10
     rho: float = 0.5
-    weight: float | None = None
+    cell_weight: float = DEFAULT_CELL_WEIGHT    # w_g per in-domain cell of a window
     overlap: float = 0.0
     name: str = "prior"
+    ratios: list[float] = field(default_factory=list)   # |M̂ ∧ M| / |M| of every draw
 
     def sample(self, observed: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Draw (context, query) for observed (B, F, H', W') with H', W' ≥ the prior's grid."""
         b, f, hp, wp = observed.shape
         h, w = self.domain.shape
-        guide = Guidance(observed[..., :h, :w].cpu(), self.rho, self.weight)
+        weight = self.cell_weight * f * float(self.domain.sum())
+        guide = Guidance(observed[..., :h, :w].cpu(), self.rho, weight)
         drawn = sample_masks(self.model, b, self.domain, self.steps, generator, guide)
-        prior = F.pad(drawn.to(torch.uint8), (0, wp - w, 0, hp - h)).bool()
-        return with_query(observed, prior.to(observed.device), self.overlap, generator)
+        prior = F.pad(drawn.to(torch.uint8), (0, wp - w, 0, hp - h)).bool().to(observed.device)
+        self.ratios += intersection_context(prior, observed)[2].tolist()
+        return with_query(observed, prior, self.overlap, generator)
 
     def config(self) -> dict[str, Any]:
         """Parameters (the network is stored with the denoiser)."""
         return {"name": self.name, "overlap": self.overlap, "steps": self.steps,
-                "rho": self.rho, "weight": self.weight}
+                "rho": self.rho, "cell_weight": self.cell_weight}

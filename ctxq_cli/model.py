@@ -6,6 +6,7 @@ A denoiser trained with the ``prior`` partition carries its mask prior inside it
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,17 @@ class MaskPriorModel:
         if "domain" not in ckpt.extras:
             raise CtxqError(f"{path}: mask-prior checkpoint without its domain; corrupted")
         return cls.from_parts(path, ckpt.meta, ckpt.weights, ckpt.extras["domain"], device)
+
+
+def _check_numbers(model: DenoiserModel) -> None:
+    """Refuse metadata whose numbers would poison every output (a damaged file)."""
+    norm, sched = model.normalization, model.schedule
+    good = (all(math.isfinite(m) for m in norm.mean)
+            and all(math.isfinite(s) and s > 0 for s in norm.std)
+            and math.isfinite(model.denoiser.sigma_data) and model.denoiser.sigma_data > 0
+            and 0 < sched.sigma_min < sched.sigma_max < math.inf)
+    if not good:
+        raise ValueError("normalisation or noise schedule out of range")
 
 
 @dataclass
@@ -152,6 +164,7 @@ class DenoiserModel:
                 step=int(meta.get("step", 0)),
                 training=dict(meta.get("training", {})),
             )
+            _check_numbers(model)
             if "mask_prior" in meta:
                 prior = {k[len(PRIOR):]: v for k, v in ckpt.extras.items() if k.startswith(PRIOR)}
                 model.mask_prior = MaskPriorModel.from_parts(

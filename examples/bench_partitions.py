@@ -80,6 +80,7 @@ def prior_for(case: str, observed: np.ndarray, args: argparse.Namespace,
         prior = train_mask_prior(observed, np.ones((64, 64), bool), opts, dev, progress=False)
         print(f"  mask prior: {opts.steps} steps in {time.perf_counter() - t:.0f} s", flush=True)
     if args.save_models:
+        args.save_models.mkdir(parents=True, exist_ok=True)
         prior.save(path)
     real, sampled = prior.fidelity["real"], prior.fidelity["sampled"]
     for key in ("observed_fraction", "autocorrelation", "missing_cluster_size",
