@@ -52,6 +52,18 @@ LogOpt = Annotated[Path | None, typer.Option(
 CheckpointEveryOpt = Annotated[int, typer.Option(
     help="Write a resumable state every N steps (0: only when stopped); the last two are "
          "kept.", min=0)]
+StemPatchOpt = Annotated[int, typer.Option(
+    help="Fold p×p cells into channels at the network's input (1 = full resolution, about 4× "
+         "slower than 2).", min=1, max=4)]
+StepsOpt = Annotated[int, typer.Option(help="Optimiser steps at most.", min=1)]
+MaxMinutesOpt = Annotated[float | None, typer.Option(
+    help="Stop after this many minutes (counted from each start).", min=0.01)]
+BatchOpt = Annotated[int, typer.Option(help="Samples per optimiser step.", min=1)]
+LrOpt = Annotated[float, typer.Option(help="Peak learning rate (AdamW).", min=0)]
+PatchOpt = Annotated[int, typer.Option(
+    help="Train on random patches of this size on larger grids.", min=8)]
+ValFractionOpt = Annotated[float, typer.Option(
+    help="Share of frames (the last ones) held out for validation.", min=0, max=0.5)]
 CalibrateOpt = Annotated[bool, typer.Option(
     "--calibrate/--no-calibrate",
     help="Scale the ensemble spread to the error on withheld observations (S = 1; costs one "
@@ -194,18 +206,13 @@ def train_denoiser(
         help="Block side in cells for --partition block (default: from the masks).",
         min=1)] = None,
     channels: Annotated[str, typer.Option(help="U-Net widths per level.")] = "32,64,96",
-    stem_patch: Annotated[int, typer.Option(
-        help="Fold p×p cells into channels at the network's input (1 = full resolution, "
-             "about 4× slower than 2).", min=1, max=4)] = 2,
-    steps: Annotated[int, typer.Option(help="Optimiser steps at most.", min=1)] = 20000,
-    max_minutes: Annotated[float | None, typer.Option(
-        help="Stop after this many minutes.", min=0.01)] = None,
-    batch_size: Annotated[int, typer.Option(help="Samples per optimiser step.", min=1)] = 8,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).", min=0)] = 2e-3,
-    patch: Annotated[int, typer.Option(help="Train on random patches of this size on larger "
-                                            "grids.", min=8)] = 128,
-    val_fraction: Annotated[float, typer.Option(
-        help="Share of frames (the last ones) held out for validation.", min=0, max=0.5)] = 0.1,
+    stem_patch: StemPatchOpt = 2,
+    steps: StepsOpt = 20000,
+    max_minutes: MaxMinutesOpt = None,
+    batch_size: BatchOpt = 8,
+    lr: LrOpt = 2e-3,
+    patch: PatchOpt = 128,
+    val_fraction: ValFractionOpt = 0.1,
     log_file: LogOpt = None,
     checkpoint_every: CheckpointEveryOpt = 1000,
     resume: ResumeOpt = False,
@@ -589,17 +596,13 @@ def train_mask_prior(
     window: Annotated[int, typer.Option(
         help="Consecutive mask frames per sample (use the denoiser's --window).", min=1)] = 3,
     channels: Annotated[str, typer.Option(help="U-Net widths per level.")] = "32,64",
-    stem_patch: Annotated[int, typer.Option(
-        help="Fold p×p cells into channels at the network's input.", min=1, max=4)] = 2,
-    steps: Annotated[int, typer.Option(help="Optimiser steps at most.", min=1)] = 4000,
-    max_minutes: Annotated[float | None, typer.Option(
-        help="Stop after this many minutes.", min=0.01)] = None,
-    batch_size: Annotated[int, typer.Option(help="Mask windows per step.", min=1)] = 16,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).", min=0)] = 2e-3,
-    patch: Annotated[int, typer.Option(help="Train on random patches of this size on larger "
-                                            "grids.", min=8)] = 128,
-    val_fraction: Annotated[float, typer.Option(
-        help="Share of frames (the last ones) held out for validation.", min=0, max=0.5)] = 0.1,
+    stem_patch: StemPatchOpt = 2,
+    steps: StepsOpt = 4000,
+    max_minutes: MaxMinutesOpt = None,
+    batch_size: BatchOpt = 16,
+    lr: LrOpt = 2e-3,
+    patch: PatchOpt = 128,
+    val_fraction: ValFractionOpt = 0.1,
     log_file: LogOpt = None,
     checkpoint_every: CheckpointEveryOpt = 1000,
     resume: ResumeOpt = False,

@@ -156,6 +156,22 @@ def validation_loss(denoiser: Denoiser, windows: Windows, partition: Partition,
     return total / max(n, 1)
 
 
+def split_windows(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
+                  options: TrainOptions | MaskPriorOptions, multiple: int,
+                  device: torch.device) -> tuple[Windows, Windows | None]:
+    """Training windows and, when long enough, validation windows from the last frames."""
+    t = values.shape[0]
+    n_val = int(round(t * options.val_fraction))
+    if n_val < options.window or t - n_val < options.window:
+        n_val = 0
+
+    def windows(frames: tuple[int, int]) -> Windows:
+        return Windows(values, observed, domain, options.window, multiple, options.patch,
+                       frames, device)
+
+    return windows((0, t - n_val)), (windows((t - n_val, t)) if n_val else None)
+
+
 def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
                    variables: list[str], options: TrainOptions, device: torch.device,
                    log_file: IO[str] | None = None, progress: bool = True,
@@ -164,25 +180,18 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
     """Train a denoiser on a field (T, C, H, W) with its observation mask and domain (H, W)."""
     torch.manual_seed(options.seed)
     gen = torch.Generator(device=device).manual_seed(options.seed)
-    t = values.shape[0]
     observed = observed & domain[None, None]  # cells outside the domain never take part
     norm = Normalization.fit(values, observed)
     normed = norm.apply(values, observed)
-    n_val = int(round(t * options.val_fraction))
-    if n_val < options.window or t - n_val < options.window:
-        n_val = 0
     config = UNetConfig(in_channels=Denoiser.input_channels(options.window * values.shape[1]),
                         out_channels=options.window * values.shape[1],
                         channels=tuple(options.channels), patch=options.stem_patch)
-    train_w = Windows(normed, observed, domain, options.window, config.multiple, options.patch,
-                      (0, t - n_val), device)
-    val_w = (Windows(normed, observed, domain, options.window, config.multiple, options.patch,
-                     (t - n_val, t), device) if n_val else None)
+    train_w, val_w = split_windows(normed, observed, domain, options, config.multiple, device)
     if mask_prior is not None and mask_prior.window != options.window:
         raise CtxqError(f"the mask prior's window ({mask_prior.window} frames) differs from "
                         f"--window {options.window}; train the prior with --window "
                         f"{options.window}")
-    partition, why = make_partition(options, observed[: t - n_val], domain, train_w, gen,
+    partition, why = make_partition(options, observed[: train_w.stop], domain, train_w, gen,
                                     mask_prior)
     log.info("partition: %s (%s)", partition.name, why)
 
@@ -218,20 +227,10 @@ def train_mask_prior(observed: np.ndarray, domain: np.ndarray, options: MaskPrio
     torch.manual_seed(options.seed)
     gen = torch.Generator(device=device).manual_seed(options.seed)
     masks = (observed.any(axis=1) & domain[None])[:, None]          # (T, 1, H, W)
-    t = masks.shape[0]
     config = MaskPriorConfig(frames=options.window, scale=options.scale,
                              channels=tuple(options.channels), patch=options.stem_patch)
-    n_val = int(round(t * options.val_fraction))
-    if n_val < options.window or t - n_val < options.window:
-        n_val = 0
     zeros = np.zeros(masks.shape, np.float32)   # Windows wants values; only masks matter here
-
-    def windows(frames: tuple[int, int]) -> Windows:
-        return Windows(zeros, masks, domain, options.window, config.multiple, options.patch,
-                       frames, device)
-
-    train_w = windows((0, t - n_val))
-    val_w = windows((t - n_val, t)) if n_val else None
+    train_w, val_w = split_windows(zeros, masks, domain, options, config.multiple, device)
     network = MaskPrior(config).to(device)
     log.info("mask prior: %d parameters, window %d, %d training windows%s",
              parameter_count(network), options.window, train_w.count,
