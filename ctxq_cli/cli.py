@@ -206,6 +206,10 @@ def train_denoiser(
         help="Block side in cells for --partition block (default: from the masks).",
         min=1)] = None,
     channels: Annotated[str, typer.Option(help="U-Net widths per level.")] = "32,64,96",
+    normalization: Annotated[str, typer.Option(
+        help="variable: one mean per variable; cell: remove each cell's temporal mean (its "
+             "climatology) first, for fields with a strong mean state (only this grid).")
+    ] = "variable",
     stem_patch: StemPatchOpt = 2,
     steps: StepsOpt = 20000,
     max_minutes: MaxMinutesOpt = None,
@@ -233,6 +237,8 @@ def train_denoiser(
         if partition not in ("auto", "pixel", "block", "empirical", "prior"):
             raise CtxqError(f"--partition must be auto, pixel, block, empirical or prior, "
                             f"not '{partition}'")
+        if normalization not in ("cell", "variable"):
+            raise CtxqError(f"--normalization must be cell or variable, not '{normalization}'")
         if (partition == "prior") != (mask_prior is not None):
             raise CtxqError("--partition prior and --mask-prior FILE go together")
         widths = _parse_channels(channels)
@@ -251,7 +257,8 @@ def train_denoiser(
                                steps=steps,
                                max_minutes=max_minutes, batch_size=batch_size, lr=lr,
                                patch=patch, val_fraction=val_fraction, seed=seed,
-                               checkpoint_every=checkpoint_every)
+                               checkpoint_every=checkpoint_every,
+                               normalization=normalization)
         dev = _device(device)
         log.info("training on %s", dev)
         with open_log(log_path, append) as log_io, stop_requests() as stop:

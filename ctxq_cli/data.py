@@ -10,7 +10,7 @@ down-sampling factor; grids larger than the patch size yield random patches.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,38 +19,66 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Normalization:
-    """Per-variable affine normalisation estimated from observed values."""
+    """Affine normalisation estimated from observed values: per variable, or per cell.
+
+    With ``cell_mean`` (C, H, W) each cell's temporal mean (its climatology) is removed and the
+    standard deviation is that of the anomalies, as EOF methods do; the network then learns
+    anomalies, not the mean state. Without it, one mean per variable.
+    """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    cell_mean: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def fit(cls, values: np.ndarray, observed: np.ndarray) -> Normalization:
-        """Mean and standard deviation of observed values per variable (axis 1)."""
+    def fit(cls, values: np.ndarray, observed: np.ndarray, per_cell: bool = False
+            ) -> Normalization:
+        """Means and standard deviations of observed values per variable (axis 1)."""
+        cell_mean = None
+        if per_cell:
+            counts = observed.sum(axis=0)
+            sums = np.where(observed, values, 0).astype(np.float64).sum(axis=0)
+            overall = np.array([values[:, c][observed[:, c]].astype(np.float64).mean()
+                                if observed[:, c].any() else 0.0
+                                for c in range(values.shape[1])])[:, None, None]
+            # cells never observed take the variable's mean
+            cell_mean = np.where(counts > 0, sums / np.maximum(counts, 1), overall)
+            values = values - cell_mean[None]
         means, stds = [], []
         for c in range(values.shape[1]):
             v = values[:, c][observed[:, c]].astype(np.float64)
             mean = float(v.mean()) if v.size else 0.0
             std = float(v.std()) if v.size > 1 else 1.0
-            means.append(mean)
+            means.append(0.0 if per_cell else mean)
             stds.append(std if std > 0 and np.isfinite(std) else 1.0)
-        return cls(tuple(means), tuple(stds))
+        return cls(tuple(means), tuple(stds),
+                   None if cell_mean is None else cell_mean.astype(np.float32))
+
+    def _centre(self) -> np.ndarray:
+        """What is subtracted: (C, H, W) or (C, 1, 1)."""
+        if self.cell_mean is not None:
+            return self.cell_mean + np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        return np.asarray(self.mean, dtype=np.float64)[:, None, None]
+
+    def check_grid(self, grid: tuple[int, int]) -> None:
+        """Refuse a grid other than the one a per-cell normalisation was fitted on."""
+        if self.cell_mean is not None and tuple(self.cell_mean.shape[-2:]) != tuple(grid):
+            raise ValueError(f"per-cell normalisation fitted on grid "
+                             f"{tuple(self.cell_mean.shape[-2:])}, not {tuple(grid)}")
 
     def apply(self, values: np.ndarray, observed: np.ndarray) -> np.ndarray:
         """(T, C, H, W) physical → normalised float32, 0 where not observed."""
-        mean = np.asarray(self.mean)[None, :, None, None]
         std = np.asarray(self.std)[None, :, None, None]
-        return np.where(observed, (values - mean) / std, 0.0).astype(np.float32)
+        return np.where(observed, (values - self._centre()[None]) / std, 0.0).astype(np.float32)
 
     def invert(self, values: np.ndarray) -> np.ndarray:
         """Normalised (..., C, H, W) → physical float32."""
-        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
         std = np.asarray(self.std, dtype=np.float32)[:, None, None]
-        return (values * std + mean).astype(np.float32)
+        return (values * std + self._centre().astype(np.float32)).astype(np.float32)
 
     def to_dict(self) -> dict:
-        """JSON-able form."""
-        return asdict(self)
+        """JSON-able form (a per-cell mean is stored as a tensor beside it)."""
+        return {"mean": list(self.mean), "std": list(self.std)}
 
 
 def padded_size(n: int, multiple: int) -> int:

@@ -96,6 +96,11 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
         log.warning("%d observed values lie outside the model's domain: kept, never filled",
                     int(outside.sum()))
     seen = observed & domain[None, None]
+    try:
+        model.normalization.check_grid((h, w))
+    except ValueError as exc:
+        raise CtxqError(f"the checkpoint's {exc}; retrain with --normalization variable to "
+                        "impute other grids") from None
     normed = model.normalization.apply(values, seen)
     frames = max(t, win)
     pad_t = [(0, frames - t), (0, 0), (0, 0), (0, 0)]

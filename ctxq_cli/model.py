@@ -126,6 +126,8 @@ class DenoiserModel:
     def save(self, path: Path | str, weights: dict[str, torch.Tensor] | None = None) -> None:
         """Write the model (or the given weights, e.g. EMA) to a safetensors checkpoint."""
         extras = {"domain": torch.from_numpy(self.domain.astype(np.uint8))}
+        if self.normalization.cell_mean is not None:
+            extras["cell_mean"] = torch.from_numpy(self.normalization.cell_mean)
         meta = self.metadata()
         if isinstance(self.partition, IntersectionPartition) and self.partition.pool is not None:
             pool = self.partition.pool.numpy()
@@ -155,8 +157,10 @@ class DenoiserModel:
             model = cls(
                 denoiser=denoiser.to(device).eval(),
                 schedule=NoiseSchedule(**meta["schedule"]),
-                normalization=Normalization(**{k: tuple(v) for k, v in
-                                               meta["normalization"].items()}),
+                normalization=Normalization(
+                    **{k: tuple(v) for k, v in meta["normalization"].items()},
+                    cell_mean=(ckpt.extras["cell_mean"].numpy() if "cell_mean" in ckpt.extras
+                               else None)),
                 partition=build_partition(meta["partition"], pool),
                 variables=list(meta["variables"]),
                 window=int(meta["window"]),

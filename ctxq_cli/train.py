@@ -78,6 +78,7 @@ class TrainOptions(LoopOptions):
     val_fraction: float = 0.1
     patch: int = 128
     low_noise_fraction: float = 0.8
+    normalization: str = "variable"   # or "cell": remove each cell's temporal mean first
     pool_size: int = 512
     prior_steps: int = 10         # ODE steps per mask drawn from a mask prior
 
@@ -181,7 +182,7 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
     torch.manual_seed(options.seed)
     gen = torch.Generator(device=device).manual_seed(options.seed)
     observed = observed & domain[None, None]  # cells outside the domain never take part
-    norm = Normalization.fit(values, observed)
+    norm = Normalization.fit(values, observed, per_cell=options.normalization == "cell")
     normed = norm.apply(values, observed)
     config = UNetConfig(in_channels=Denoiser.input_channels(options.window * values.shape[1]),
                         out_channels=options.window * values.shape[1],

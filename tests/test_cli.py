@@ -109,6 +109,7 @@ def test_npz_in_npz_out(workdir, tmp_path):
     (["train-denoiser", "obs.nc", "--window", "50", "-o", "new.safetensors"],
      "fewer than --window 50"),
     (["train-denoiser", "obs.nc", "--partition", "magic"], "--partition must be"),
+    (["train-denoiser", "obs.nc", "--normalization", "climate"], "--normalization must be"),
     (["train-mask-prior", "obs.nc", "--window", "50", "-o", "p.safetensors"],
      "fewer than --window 50"),
     (["train-denoiser", "obs.nc", "-o", "n.safetensors", "--partition", "prior",
@@ -265,3 +266,18 @@ def test_evaluate_an_imputed_file_against_the_truth_without_a_mask(workdir, tmp_
     assert ctxq_row(by_flag.output)[1:3] == ctxq_row(by_mask.output)[1:3]
     result = run("evaluate", out)
     assert result.exit_code == 1 and "--truth" in result.output
+
+
+def test_per_cell_normalisation_trains_imputes_and_keeps_observations(workdir, tmp_path):
+    den, out = tmp_path / "cell.safetensors", tmp_path / "filled.nc"
+    result = run("train-denoiser", workdir / "obs.nc", "-o", den, "--normalization", "cell",
+                 *TINY)
+    assert result.exit_code == 0, result.output
+    assert DenoiserModel.load(den).normalization.cell_mean.shape == (1, 16, 16)
+    result = run("impute", workdir / "obs.nc", "--checkpoint", den, "-o", out, "--ensemble", "2",
+                 "--quiet")
+    assert result.exit_code == 0, result.output
+    with netCDF4.Dataset(out) as ds, netCDF4.Dataset(workdir / "obs.nc") as obs:
+        filled, given = ds["sst"][:].filled(np.nan), obs["sst"][:].filled(np.nan)
+    seen = np.isfinite(given)
+    assert filled[seen].tobytes() == given[seen].tobytes()
