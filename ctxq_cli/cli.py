@@ -70,6 +70,11 @@ CalibrateOpt = Annotated[bool, typer.Option(
          "extra imputation of up to 48 frames).")]
 ResumeOpt = Annotated[bool, typer.Option(
     help="Continue from the resumable state beside the output, if any (else start afresh).")]
+PrecisionOpt = Annotated[str, typer.Option(
+    help="auto (bf16 autocast on GPUs, float32 on CPUs), bf16 or fp32.")]
+CompileOpt = Annotated[bool, typer.Option(
+    "--compile", help="torch.compile the network (GPU; a minute of compiling, then faster "
+                      "steps).")]
 
 
 def _version(value: bool) -> None:
@@ -220,6 +225,8 @@ def train_denoiser(
     log_file: LogOpt = None,
     checkpoint_every: CheckpointEveryOpt = 1000,
     resume: ResumeOpt = False,
+    precision: PrecisionOpt = "auto",
+    compile_network: CompileOpt = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
@@ -229,9 +236,10 @@ def train_denoiser(
 
     On SIGTERM or SIGINT (a batch job's time limit) training writes a resumable state beside
     the output and exits with code 75; the same command with --resume goes on from there.
+    Started by torchrun, the processes train one model together (see the README).
     """
     with reporting(quiet) as progress:
-        from ctxq_cli.train import TrainOptions, open_log
+        from ctxq_cli.train import TrainOptions
         from ctxq_cli.train import train_denoiser as train
 
         if partition not in ("auto", "pixel", "block", "empirical", "prior"):
@@ -242,33 +250,57 @@ def train_denoiser(
         if (partition == "prior") != (mask_prior is not None):
             raise CtxqError("--partition prior and --mask-prior FILE go together")
         widths = _parse_channels(channels)
-        control, log_path, append = _prepare_run(output, log_file, resume, overwrite,
-                                                 [data, mask, domain, mask_prior])
-        prior = None
-        if mask_prior is not None:
-            from ctxq_cli.model import MaskPriorModel
+        with _training(output, log_file, resume, overwrite, [data, mask, domain, mask_prior],
+                       device, progress) as (control, log_io, dev, progress):
+            prior = None
+            if mask_prior is not None:
+                from ctxq_cli.model import MaskPriorModel
 
-            prior = MaskPriorModel.load(mask_prior)
-        fld, dom = _load_inputs(data, mask, var, domain)
-        if fld.frames < window:
-            raise CtxqError(f"{data}: {fld.frames} frames, fewer than --window {window}")
-        options = TrainOptions(window=window, partition=partition, context_ratio=context_ratio,
-                               block_size=block_size, channels=widths, stem_patch=stem_patch,
-                               steps=steps,
-                               max_minutes=max_minutes, batch_size=batch_size, lr=lr,
-                               patch=patch, val_fraction=val_fraction, seed=seed,
-                               checkpoint_every=checkpoint_every,
-                               normalization=normalization)
-        dev = _device(device)
-        log.info("training on %s", dev)
-        with open_log(log_path, append) as log_io, stop_requests() as stop:
-            control.should_stop = stop
+                prior = MaskPriorModel.load(mask_prior)
+            fld, dom = _load_inputs(data, mask, var, domain)
+            if fld.frames < window:
+                raise CtxqError(f"{data}: {fld.frames} frames, fewer than --window {window}")
+            options = TrainOptions(window=window, partition=partition,
+                                   context_ratio=context_ratio, block_size=block_size,
+                                   channels=widths, stem_patch=stem_patch, steps=steps,
+                                   max_minutes=max_minutes, batch_size=batch_size, lr=lr,
+                                   patch=patch, val_fraction=val_fraction, seed=seed,
+                                   checkpoint_every=checkpoint_every,
+                                   normalization=normalization, precision=precision,
+                                   compile=compile_network)
             model = train(fld.values, fld.observed, dom, fld.names, options, dev, log_io,
                           progress, control, prior)
-        model.training["command"] = _command_line()
-        model.training["data"] = str(data)
-        model.save(output)
-        _finish_run(control, output)
+            if control.group.main:
+                model.training["command"] = _command_line()
+                model.training["data"] = str(data)
+                model.save(output)
+                _finish_run(control, output)
+
+
+@contextlib.contextmanager
+def _training(output: Path, log_file: Path | None, resume: bool, overwrite: bool,
+              inputs: list[Path | None], device: str, progress: bool):
+    """Set up a training run, alone or as one of torchrun's processes.
+
+    Yields (run control, log file or None, device, show progress). Only rank 0 keeps the log,
+    shows progress and reports; the others speak only of warnings and errors.
+    """
+    from ctxq_cli import distributed
+    from ctxq_cli.train import open_log
+
+    group, dev = distributed.start(_device(device))
+    try:
+        if not group.main:
+            logging.getLogger().setLevel(logging.WARNING)
+        control, log_path, append = _prepare_run(output, log_file, resume, overwrite, inputs)
+        control.group = group
+        log.info("training on %s%s", dev, f", {group.world} processes" if group.active else "")
+        logs = open_log(log_path, append) if group.main else contextlib.nullcontext()
+        with logs as log_io, stop_requests() as stop:
+            control.should_stop = stop
+            yield control, log_io, dev, progress and group.main
+    finally:
+        distributed.finish(group)
 
 
 def _prepare_run(output: Path, log_file: Path | None, resume: bool, overwrite: bool,
@@ -613,6 +645,8 @@ def train_mask_prior(
     log_file: LogOpt = None,
     checkpoint_every: CheckpointEveryOpt = 1000,
     resume: ResumeOpt = False,
+    precision: PrecisionOpt = "auto",
+    compile_network: CompileOpt = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
@@ -624,30 +658,29 @@ def train_mask_prior(
     next to masks sampled from the prior. Stops and resumes like train-denoiser.
     """
     with reporting(quiet) as progress:
-        from ctxq_cli.train import MaskPriorOptions, open_log
+        from ctxq_cli.train import MaskPriorOptions
         from ctxq_cli.train import train_mask_prior as train
 
         widths = _parse_channels(channels)
-        control, log_path, append = _prepare_run(output, log_file, resume, overwrite,
-                                                 [data, mask, domain])
-        fld, dom = _load_inputs(data, mask, var, domain)
-        if fld.frames < window:
-            raise CtxqError(f"{data}: {fld.frames} frames, fewer than --window {window}")
-        options = MaskPriorOptions(window=window, channels=widths, stem_patch=stem_patch,
-                                   steps=steps, max_minutes=max_minutes, batch_size=batch_size,
-                                   lr=lr, patch=patch, val_fraction=val_fraction, seed=seed,
-                                   checkpoint_every=checkpoint_every)
-        dev = _device(device)
-        log.info("training the mask prior on %s", dev)
-        with open_log(log_path, append) as log_io, stop_requests() as stop:
-            control.should_stop = stop
+        with _training(output, log_file, resume, overwrite, [data, mask, domain], device,
+                       progress) as (control, log_io, dev, progress):
+            fld, dom = _load_inputs(data, mask, var, domain)
+            if fld.frames < window:
+                raise CtxqError(f"{data}: {fld.frames} frames, fewer than --window {window}")
+            options = MaskPriorOptions(window=window, channels=widths, stem_patch=stem_patch,
+                                       steps=steps, max_minutes=max_minutes,
+                                       batch_size=batch_size, lr=lr, patch=patch,
+                                       val_fraction=val_fraction, seed=seed,
+                                       checkpoint_every=checkpoint_every, precision=precision,
+                                       compile=compile_network)
             model = train(fld.observed, dom, options, dev, log_io, progress, control)
-        model.training["command"] = _command_line()
-        model.training["data"] = str(data)
-        log.info("real masks vs masks sampled from the prior (%d windows each):\n%s",
-                 model.fidelity["samples"], fidelity_table(model.fidelity))
-        model.save(output)
-        _finish_run(control, output)
+            if control.group.main:
+                model.training["command"] = _command_line()
+                model.training["data"] = str(data)
+                log.info("real masks vs masks sampled from the prior (%d windows each):\n%s",
+                         model.fidelity["samples"], fidelity_table(model.fidelity))
+                model.save(output)
+                _finish_run(control, output)
 
 
 def fidelity_table(fidelity: dict) -> str:

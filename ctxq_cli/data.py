@@ -126,23 +126,31 @@ class Windows:
         o = self.observed[idx].reshape(b, -1, *self.observed.shape[-2:])
         return v, o
 
-    def batch(self, size: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        """A random batch: values, observed (B, F, h, w) and domain (B, 1, h, w)."""
+    def batch(self, indices: Tensor, generator: torch.Generator
+              ) -> tuple[Tensor, Tensor, Tensor]:
+        """Windows ``indices`` (in [0, count)) as values, observed (B, F, h, w), domain (B, 1, h, w).
+
+        On grids larger than the patch, each window is cropped at its own random corner; the
+        crop is one gather on the device, with no round trip to the host.
+        """
         dev = self.values.device
-        starts = torch.randint(self.start, self.stop - self.window + 1, (size,),
-                               generator=generator, device=generator.device).to(dev)
-        v, o = self._gather(starts)
+        size = len(indices)
+        v, o = self._gather(indices.to(dev) + self.start)
         d = self.domain[None, None].expand(size, 1, -1, -1)
         ph, pw = self.patch
         h, w = v.shape[-2:]
         if (ph, pw) == (h, w):
             return v, o, d
-        oy = torch.randint(0, h - ph + 1, (size,), generator=generator, device=generator.device)
-        ox = torch.randint(0, w - pw + 1, (size,), generator=generator, device=generator.device)
-        corners = [(int(y), int(x)) for y, x in zip(oy, ox)]
+        gd = generator.device
+        oy = torch.randint(0, h - ph + 1, (size, 1), generator=generator, device=gd).to(dev)
+        ox = torch.randint(0, w - pw + 1, (size, 1), generator=generator, device=gd).to(dev)
+        rows = (oy + torch.arange(ph, device=dev))[:, None, :, None]    # (B, 1, ph, 1)
+        cols = (ox + torch.arange(pw, device=dev))[:, None, None, :]    # (B, 1, 1, pw)
+        b = torch.arange(size, device=dev)[:, None, None, None]
 
         def crop(t: Tensor) -> Tensor:
-            return torch.stack([t[i, :, y:y + ph, x:x + pw] for i, (y, x) in enumerate(corners)])
+            f = torch.arange(t.shape[1], device=dev)[None, :, None, None]
+            return t[b, f, rows, cols]
 
         return crop(v), crop(o), crop(d)
 

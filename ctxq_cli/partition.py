@@ -29,7 +29,7 @@ References:
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -101,10 +101,12 @@ class BlockPartition:
         s = max(1, self.size)
         nh, nw = -(-h // s) + 1, -(-w // s) + 1
         keep = _uniform((b, f, nh, nw), generator, observed.device) < self.ratio
-        keep = keep.repeat_interleave(s, dim=2).repeat_interleave(s, dim=3)
-        oy, ox = (int(v) for v in torch.randint(0, s, (2,), generator=generator,
-                                                device=generator.device))
-        keep = keep[:, :, oy:oy + h, ox:ox + w]
+        # Upsample the block grid by indexing at a random offset: no round trip to the host.
+        offset = torch.randint(0, s, (2,), generator=generator,
+                               device=generator.device).to(observed.device)
+        rows = (torch.arange(h, device=observed.device) + offset[0]) // s
+        cols = (torch.arange(w, device=observed.device) + offset[1]) // s
+        keep = keep.index_select(2, rows).index_select(3, cols)
         return with_query(observed, keep, self.overlap, generator)
 
     def config(self) -> dict[str, Any]:
@@ -119,6 +121,8 @@ class IntersectionPartition:
     pool: Tensor | None = None     # (N, F, H, W) bool
     overlap: float = 0.0
     name: str = "empirical"
+    _copies: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False,
+                                       compare=False)
 
     def sample(self, observed: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Draw (context, query) with a random pool mask, randomly placed if larger."""
@@ -126,16 +130,28 @@ class IntersectionPartition:
             raise ValueError(f"{self.name} partition needs a pool of masks")
         b, f, h, w = observed.shape
         n, pf, ph, pw = self.pool.shape
+        pool = self._on(observed.device)
+        dev = observed.device
         if pf == f:
-            idx = torch.randint(0, n, (b,), generator=generator, device=generator.device).cpu()
-            other = self.pool[idx]
+            idx = torch.randint(0, n, (b,), generator=generator, device=generator.device)
+            other = pool[idx.to(dev)]
         else:  # a pool of other window lengths serves the batch frame by frame
             idx = torch.randint(0, n * pf, (b * f,), generator=generator,
-                                device=generator.device).cpu()
-            other = self.pool.reshape(n * pf, ph, pw)[idx].reshape(b, f, ph, pw)
+                                device=generator.device)
+            other = pool.reshape(n * pf, ph, pw)[idx.to(dev)].reshape(b, f, ph, pw)
         if (ph, pw) != (h, w):
             other = random_crop(other, h, w, generator)
-        return with_query(observed, other.to(observed.device), self.overlap, generator)
+        return with_query(observed, other, self.overlap, generator)
+
+    def _on(self, device: torch.device) -> Tensor:
+        """The pool on ``device``, copied there once."""
+        assert self.pool is not None
+        if self.pool.device != device:
+            cached = self._copies.get(str(device))
+            if cached is None:
+                cached = self._copies[str(device)] = self.pool.to(device)
+            return cached
+        return self.pool
 
     def config(self) -> dict[str, Any]:
         """Parameters for the checkpoint (the pool is stored as a tensor beside them)."""
@@ -148,9 +164,12 @@ def random_crop(masks: Tensor, h: int, w: int, generator: torch.Generator) -> Te
     if ph < h or pw < w:
         masks = torch.nn.functional.pad(masks, (0, max(0, w - pw), 0, max(0, h - ph)))
         ph, pw = masks.shape[-2:]
-    oy = int(torch.randint(0, ph - h + 1, (1,), generator=generator, device=generator.device))
-    ox = int(torch.randint(0, pw - w + 1, (1,), generator=generator, device=generator.device))
-    return masks[:, :, oy:oy + h, ox:ox + w]
+    dev = masks.device
+    oy = torch.randint(0, ph - h + 1, (1,), generator=generator, device=generator.device)
+    ox = torch.randint(0, pw - w + 1, (1,), generator=generator, device=generator.device)
+    rows = oy.to(dev) + torch.arange(h, device=dev)
+    cols = ox.to(dev) + torch.arange(w, device=dev)
+    return masks.index_select(2, rows).index_select(3, cols)
 
 
 def build_partition(config: dict[str, Any], pool: Tensor | None = None) -> Partition:

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 KIND = "training-state"
 # Options that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = frozenset({"steps", "max_minutes", "checkpoint_every"})
+RESUMABLE_CHANGES = frozenset({"steps", "max_minutes", "checkpoint_every", "precision",
+                               "compile"})
 
 
 def state_path(output: Path) -> Path:
@@ -54,21 +55,29 @@ class TrainingState:
     network: dict[str, torch.Tensor]
     ema: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
-    rng: dict[str, torch.Tensor]
+    rng: dict[str, torch.Tensor]    # "generator" is rank 0's, "generator.<r>" rank r's
+    sampler: dict[str, int] | None = None
+
+
+def _generator_key(rank: int) -> str:
+    """Name of a rank's generator state in the file."""
+    return "generator" if rank == 0 else f"generator.{rank}"
 
 
 def capture(step: int, progress: float, seconds: float, loss_avg: float | None,
             val_loss: float | None, options: dict[str, Any], fingerprint: dict[str, Any],
             network: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
-            generator: torch.Generator) -> TrainingState:
-    """Snapshot a running loop (tensors are copied to the CPU)."""
-    rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+            generators: list[torch.Tensor], sampler: Any = None) -> TrainingState:
+    """Snapshot a running loop (tensors are copied to the CPU); one generator state per rank."""
+    rng = {"torch": torch.get_rng_state()}
+    rng.update({_generator_key(r): g for r, g in enumerate(generators)})
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state()
     return TrainingState(step=step, progress=progress, seconds=seconds, loss_avg=loss_avg,
                          val_loss=val_loss, options=options, fingerprint=fingerprint,
                          network=_cpu(network.state_dict()), ema=_cpu(ema.state_dict()),
-                         optimizer=optimizer.state_dict(), rng=rng)
+                         optimizer=optimizer.state_dict(), rng=rng,
+                         sampler=None if sampler is None else sampler.state_dict())
 
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -93,7 +102,7 @@ def save_state(path: Path, state: TrainingState) -> None:
             "seconds": state.seconds, "loss_avg": state.loss_avg, "val_loss": state.val_loss,
             "options": state.options, "fingerprint": state.fingerprint,
             "optimizer_groups": state.optimizer["param_groups"],
-            "optimizer_state": param_state}
+            "optimizer_state": param_state, "sampler": state.sampler}
     if newest.exists():
         os.replace(newest, previous)
     checkpoint.save(newest, meta, tensors)
@@ -130,7 +139,7 @@ def _read(path: Path) -> TrainingState:
             fingerprint=dict(meta["fingerprint"]), network=group("network."),
             ema=group("ema."),
             optimizer={"state": opt_state, "param_groups": meta["optimizer_groups"]},
-            rng=group("rng."))
+            rng=group("rng."), sampler=meta.get("sampler"))
     except (KeyError, TypeError, ValueError) as exc:
         raise CtxqError(f"{path}: resumable state is corrupted ({type(exc).__name__})") from None
 
@@ -165,13 +174,16 @@ def _jsonish(value: Any) -> Any:
 
 
 def restore(state: TrainingState, network: nn.Module, ema: nn.Module,
-            optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:
-    """Load a state into a freshly built loop."""
+            optimizer: torch.optim.Optimizer, generator: torch.Generator, rank: int = 0,
+            sampler: Any = None) -> None:
+    """Load a state into a freshly built loop (this rank's generator, the shared sampler)."""
     network.load_state_dict(state.network)
     ema.load_state_dict(state.ema)
     optimizer.load_state_dict(state.optimizer)
     torch.set_rng_state(state.rng["torch"])
-    generator.set_state(state.rng["generator"])
+    generator.set_state(state.rng[_generator_key(rank)])
+    if sampler is not None and state.sampler is not None:
+        sampler.load_state_dict(state.sampler)
     if "cuda" in state.rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(state.rng["cuda"])
 

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ctxq_cli import resume
+from ctxq_cli import distributed, resume
 from ctxq_cli.data import Normalization, Windows
+from ctxq_cli.distributed import WindowSampler
 from ctxq_cli.diffusion import Denoiser, NoiseSchedule, context_query_loss, parameter_count
 from ctxq_cli.errors import CtxqError, Interrupted
 from ctxq_cli.maskprior import (
@@ -62,6 +63,8 @@ class LoopOptions:
     seed: int = 0
     val_every: int = 250
     checkpoint_every: int = 1000
+    precision: str = "auto"    # bf16 autocast on GPUs, float32 on CPUs
+    compile: bool = False      # torch.compile the network being trained
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class RunControl:
     state_path: Path | None = None
     resume: bool = False
     should_stop: Callable[[], bool] = field(default=lambda: False)
+    group: distributed.Group = field(default_factory=distributed.Group)
 
 
 def make_partition(options: TrainOptions, observed: np.ndarray, domain: np.ndarray,
@@ -202,8 +206,13 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
              parameter_count(denoiser), options.window, train_w.count,
              f", {val_w.count} validation windows" if val_w else ", no validation split")
 
+    control = control or RunControl()
+    sampler = WindowSampler(train_w.count, distributed.split_batch(options.batch_size,
+                                                                    control.group),
+                            options.seed, control.group)
+
     def loss_fn(net: nn.Module, g: torch.Generator) -> Tensor:
-        v, o, d = train_w.batch(options.batch_size, g)
+        v, o, d = train_w.batch(sampler.next(), g)
         return context_query_loss(net, v, o, d, partition, schedule, g)
 
     def validate(ema: nn.Module) -> float:
@@ -212,8 +221,11 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
     fingerprint = {"shape": list(values.shape), "variables": list(variables),
                    "normalization": norm.to_dict(), "observed": int(observed.sum()),
                    "domain": int(domain.sum())}
+    log.info("batch size %d%s", options.batch_size,
+             f" ({sampler.batch} per process × {control.group.world} processes)"
+             if control.group.active else "")
     ema, summary = optimise(denoiser, loss_fn, options, gen, validate if val_w else None,
-                            fingerprint, control or RunControl(), log_file, progress)
+                            fingerprint, control, log_file, progress, sampler)
     summary["partition_reason"] = why
     return DenoiserModel(denoiser=ema, schedule=schedule, normalization=norm, partition=partition,
                          variables=list(variables), window=options.window, domain=domain,
@@ -237,8 +249,13 @@ def train_mask_prior(observed: np.ndarray, domain: np.ndarray, options: MaskPrio
              parameter_count(network), options.window, train_w.count,
              f", {val_w.count} validation windows" if val_w else ", no validation split")
 
+    control = control or RunControl()
+    sampler = WindowSampler(train_w.count, distributed.split_batch(options.batch_size,
+                                                                    control.group),
+                            options.seed, control.group)
+
     def loss_fn(net: nn.Module, g: torch.Generator) -> Tensor:
-        _, o, d = train_w.batch(options.batch_size, g)
+        _, o, d = train_w.batch(sampler.next(), g)
         return mask_prior_loss(net, o, d, g)
 
     @torch.no_grad()
@@ -251,7 +268,7 @@ def train_mask_prior(observed: np.ndarray, domain: np.ndarray, options: MaskPrio
     fingerprint = {"shape": list(masks.shape), "observed": int(masks.sum()),
                    "domain": int(domain.sum())}
     ema, summary = optimise(network, loss_fn, options, gen, validate if val_w else None,
-                            fingerprint, control or RunControl(), log_file, progress)
+                            fingerprint, control, log_file, progress, sampler)
     model = MaskPriorModel(network=ema, domain=domain, step=summary["steps_done"],
                            training=summary)
     model.fidelity = fidelity_report(model, train_w, options, device)
@@ -271,18 +288,45 @@ def fidelity_report(model: MaskPriorModel, real: Windows, options: MaskPriorOpti
             "samples": n, "steps": options.report_steps}
 
 
+SYNC_EVERY_GPU = 16   # steps between host synchronisations on a GPU (losses, stop, budget)
+
+
+def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``--precision`` on a device (None: full float32)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision not in ("bf16", "fp32"):
+        raise CtxqError(f"--precision must be auto, bf16 or fp32, not '{precision}'")
+    return torch.bfloat16 if precision == "bf16" else None
+
+
 def optimise(network: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator], Tensor],
              options: LoopOptions, generator: torch.Generator,
              validate: Callable[[nn.Module], float] | None, fingerprint: dict[str, Any],
              control: RunControl, log_file: IO[str] | None = None,
-             progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+             progress: bool = True,
+             sampler: WindowSampler | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Minimise ``loss_fn`` with AdamW, warm-up, cosine decay, clipping and an EMA copy.
 
     Stops after ``options.steps`` steps or ``options.max_minutes`` (counted from this start),
     writes a resumable state every ``options.checkpoint_every`` steps and when
     ``control.should_stop()`` turns true (then raises :class:`Interrupted`), and resumes from
-    ``control.state_path`` when asked. Returns the EMA network and a summary of the run.
+    ``control.state_path`` when asked. Under torchrun the network is wrapped in
+    DistributedDataParallel; all decisions (stop, budget, divergence) are agreed by all ranks,
+    and only rank 0 writes. Losses stay on the device and are read every few steps, so a GPU
+    never waits for the host. Returns the EMA network and a summary of the run.
     """
+    group = control.group
+    device = next(network.parameters()).device
+    trained: nn.Module = network
+    if group.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Built first: it broadcasts rank 0's weights, which the EMA copy must start from.
+        trained = DistributedDataParallel(
+            network, device_ids=[device.index] if device.type == "cuda" else None)
+        generator.manual_seed(options.seed + 7919 * group.rank)   # own masks and noise
+        fingerprint = {**fingerprint, "processes": group.world}
     ema = copy.deepcopy(network).eval().requires_grad_(False)
     opt = torch.optim.AdamW(network.parameters(), lr=options.lr,
                             weight_decay=options.weight_decay)
@@ -296,74 +340,105 @@ def optimise(network: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator],
             log.info("no resumable state at %s: starting afresh", path)
         else:
             resume.check_compatible(path, state, opts, fingerprint)
-            resume.restore(state, network, ema, opt, generator)
+            resume.restore(state, network, ema, opt, generator, group.rank, sampler)
             step = first_step = state.step
             progress0, seconds0, loss_avg = state.progress, state.seconds, state.loss_avg
             val = float("nan") if state.val_loss is None else state.val_loss
             log.info("resuming from %s at step %d", path, step)
+    if options.compile:
+        trained = torch.compile(trained)
+    autocast_dtype = precision_dtype(options.precision, device)
+    sync_every = 1 if device.type == "cpu" else SYNC_EVERY_GPU
     saved_step: int | None = None
 
     budget = options.max_minutes * 60 if options.max_minutes else math.inf
     start = time.perf_counter()
+    agreed_elapsed = 0.0   # the same on every rank, so the schedule is too
+    pending: list[tuple[int, Tensor, float]] = []   # (step, loss on the device, lr)
 
-    def schedule_progress(elapsed: float) -> float:
+    def schedule_progress() -> float:
         """Share of the schedule done: by steps, or by time when a budget is set."""
-        return max(step / options.steps, progress0 + (1 - progress0) * elapsed / budget)
+        return max(step / options.steps, progress0 + (1 - progress0) * agreed_elapsed / budget)
 
     def save_state() -> None:
         nonlocal saved_step
         if path is None:
             return
-        elapsed = time.perf_counter() - start
-        resume.save_state(path, resume.capture(
-            step, schedule_progress(elapsed), seconds0 + elapsed, loss_avg,
-            None if math.isnan(val) else val, opts, fingerprint, network, ema, opt, generator))
+        generators = distributed.gather(group, generator.get_state())
+        if group.main:
+            resume.save_state(path, resume.capture(
+                step, schedule_progress(), seconds0 + agreed_elapsed, loss_avg,
+                None if math.isnan(val) else val, opts, fingerprint, network, ema, opt,
+                generators, sampler))
         saved_step = step
 
-    bar = tqdm(total=options.steps, initial=step, disable=not progress, unit="step",
-               dynamic_ncols=True)
-    while step < options.steps:
-        if control.should_stop():
-            save_state()
+    def synchronise() -> tuple[bool, bool]:
+        """Read the pending losses, log them, check them; agree on (stop, out of time)."""
+        nonlocal loss_avg, agreed_elapsed
+        elapsed = time.perf_counter() - start
+        losses = (torch.stack([loss for _, loss, _ in pending]).float() if pending
+                  else torch.zeros(0, device=device))
+        flags = torch.tensor([float(control.should_stop()), elapsed], device=device)
+        totals = distributed.reduce_sum(group, torch.cat([losses.to(device), flags]))
+        numbers = (totals / group.world).tolist()   # the one wait for the device
+        agreed_elapsed = numbers[-1]
+        for (at, _, lr), value in zip(pending, numbers[:len(pending)]):
+            if not math.isfinite(value):
+                bar.close()
+                kept = (f"the resumable state of step {saved_step} is kept in {path}"
+                        if saved_step is not None else "nothing was written")
+                raise CtxqError(f"training diverged: the loss is {value} at step {at}; {kept} "
+                                f"(try a smaller --lr)")
+            loss_avg = value if loss_avg is None else 0.98 * loss_avg + 0.02 * value
+            record: dict[str, Any] = {"step": at, "loss": value, "lr": lr,
+                                      "elapsed_s": round(seconds0 + agreed_elapsed, 3)}
+            if at == step and not math.isnan(val) and at % options.val_every == 0:
+                record["val_loss"] = val
+            if log_file is not None and group.main:
+                log_file.write(json.dumps(record) + "\n")
+        pending.clear()
+        bar.set_postfix(loss=f"{loss_avg or float('nan'):.4f}", val=f"{val:.4f}", refresh=False)
+        return numbers[-2] > 0, agreed_elapsed > budget
+
+    bar = tqdm(total=options.steps, initial=step, disable=not progress or not group.main,
+               unit="step", dynamic_ncols=True)
+    stop, out_of_time = synchronise()
+    while step < options.steps and not out_of_time:
+        if stop:
+            if saved_step != step:
+                save_state()
             bar.close()
             where = (f"; resumable state written to {path}; run the same command with "
                      f"--resume to continue" if path else "")
             raise Interrupted(f"interrupted at step {step} of {options.steps}{where}")
-        elapsed = time.perf_counter() - start
-        if elapsed > budget:
-            log.info("time budget of %.1f min reached at step %d", options.max_minutes, step)
-            break
-        for group in opt.param_groups:
-            group["lr"] = options.lr * _lr_factor(schedule_progress(elapsed), step,
-                                                  options.warmup)
-        loss = loss_fn(network, generator)
-        if not torch.isfinite(loss):
-            bar.close()
-            kept = (f"the resumable state of step {saved_step} is kept in {path}"
-                    if saved_step is not None else "nothing was written")
-            raise CtxqError(f"training diverged: the loss is {float(loss.detach())} at step "
-                            f"{step + 1}; {kept} (try a smaller --lr)")
+        lr = options.lr * _lr_factor(schedule_progress(), step, options.warmup)
+        for group_ in opt.param_groups:
+            group_["lr"] = lr
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                            enabled=autocast_dtype is not None):
+            loss = loss_fn(trained, generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), options.grad_clip)
+        torch.nn.utils.clip_grad_norm_(network.parameters(), options.grad_clip, foreach=True)
         opt.step()
         decay = min(options.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, p in zip(ema.parameters(), network.parameters()):
-                pe.lerp_(p, 1 - decay)
+            torch._foreach_lerp_(list(ema.parameters()), list(network.parameters()), 1 - decay)
         step += 1
-        loss_value = float(loss.detach())
-        loss_avg = loss_value if loss_avg is None else 0.98 * loss_avg + 0.02 * loss_value
-        record: dict[str, Any] = {"step": step, "loss": loss_value, "lr": opt.param_groups[0]["lr"],
-                                  "elapsed_s": round(seconds0 + time.perf_counter() - start, 3)}
-        if validate is not None and step % options.val_every == 0:
-            val = record["val_loss"] = validate(ema)
-        if log_file is not None:
-            log_file.write(json.dumps(record) + "\n")
-        if options.checkpoint_every and step % options.checkpoint_every == 0:
-            save_state()
-        bar.set_postfix(loss=f"{loss_avg:.4f}", val=f"{val:.4f}", refresh=False)
+        pending.append((step, loss.detach(), lr))
         bar.update(1)
+        validating = validate is not None and step % options.val_every == 0
+        checkpointing = bool(options.checkpoint_every) and step % options.checkpoint_every == 0
+        if validating:
+            val = validate(ema)
+        if step % sync_every == 0 or validating or checkpointing or step == options.steps:
+            stop, out_of_time = synchronise()
+            if checkpointing:
+                save_state()
+    if pending:
+        synchronise()
+    if out_of_time:
+        log.info("time budget of %.1f min reached at step %d", options.max_minutes, step)
     bar.close()
     elapsed = time.perf_counter() - start
     if validate is not None and step % options.val_every != 0:  # the final weights, once more
@@ -373,7 +448,7 @@ def optimise(network: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator],
              "%.4f", step, elapsed, rate, loss_avg or float("nan"), val)
     summary = {"options": opts, "steps_done": step, "seconds": round(seconds0 + elapsed, 1),
                "samples_per_s": round(rate, 2), "train_loss": loss_avg,
-               "val_loss": None if math.isnan(val) else val}
+               "val_loss": None if math.isnan(val) else val, "processes": group.world}
     return ema, summary
 
 

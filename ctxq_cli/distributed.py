@@ -1,0 +1,148 @@
+"""Data-parallel training over processes started by ``torchrun`` (PyTorch's own engine).
+
+``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address; a process
+started without them trains alone. With several processes every rank draws its own shard of
+the training windows (a :class:`torch.utils.data.DistributedSampler`) and its own context
+masks; :class:`torch.nn.parallel.DistributedDataParallel` averages the gradients, so all ranks
+hold the same weights after every step. ``--batch-size`` is the global batch, split across the
+ranks, so one configuration means the same run on any number of processes. Only rank 0 writes
+checkpoints, resumable states and logs. NCCL carries the gradients between GPUs, gloo between
+CPU processes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import distributed as dist
+from torch.utils.data import DistributedSampler
+
+from ctxq_cli.errors import CtxqError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place among the training processes."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        """True when several processes train together."""
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        """True on the process that writes files and reports."""
+        return self.rank == 0
+
+
+def launched() -> bool:
+    """True when started by torchrun (or srun) with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def start(device: torch.device) -> tuple[Group, torch.device]:
+    """Join the process group torchrun set up; return it and this rank's device.
+
+    On CUDA each process takes the GPU of its local rank and talks over NCCL; on CPU, gloo.
+    """
+    if not launched():
+        return Group(), device
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise CtxqError(f"local rank {local} has no GPU ({torch.cuda.device_count()} "
+                            "visible); start at most one process per GPU")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    group = Group(rank=rank, world=world, local_rank=local)
+    log.info("process %d of %d on %s (%s)", rank, world, device, backend)
+    return group, device
+
+
+def finish(group: Group) -> None:
+    """Leave the process group."""
+    if group.active and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def reduce_sum(group: Group, values: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over the ranks (itself when alone)."""
+    if group.active:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def gather(group: Group, obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` when alone)."""
+    if not group.active:
+        return [obj]
+    out: list[Any] = [None] * group.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def split_batch(batch_size: int, group: Group) -> int:
+    """Samples per process for a global batch; the global batch must split evenly."""
+    if batch_size % group.world:
+        raise CtxqError(f"--batch-size {batch_size} does not split evenly over "
+                        f"{group.world} processes; use a multiple of {group.world}")
+    return batch_size // group.world
+
+
+class WindowSampler:
+    """This process's shard of each epoch's shuffled training windows, batch after batch.
+
+    The order comes from a :class:`DistributedSampler` seeded once, reshuffled every epoch;
+    a batch that runs past an epoch's end continues into the next. Its position is part of a
+    resumable state.
+    """
+
+    def __init__(self, count: int, batch: int, seed: int, group: Group = Group()) -> None:
+        self.count, self.batch, self.seed, self.group = count, batch, seed, group
+        self.epoch, self.position = 0, 0
+        self._order: list[int] | None = None
+
+    def _epoch_order(self) -> list[int]:
+        """Window indices of the current epoch for this rank."""
+        if self._order is None:
+            sampler = DistributedSampler(range(self.count), num_replicas=self.group.world,
+                                         rank=self.group.rank, shuffle=True, seed=self.seed)
+            sampler.set_epoch(self.epoch)
+            self._order = list(sampler)
+        return self._order
+
+    def next(self) -> torch.Tensor:
+        """The next ``batch`` window indices in [0, count), int64."""
+        out: list[int] = []
+        while len(out) < self.batch:
+            order = self._epoch_order()
+            take = order[self.position:self.position + self.batch - len(out)]
+            out += take
+            self.position += len(take)
+            if self.position >= len(order):
+                self.epoch, self.position, self._order = self.epoch + 1, 0, None
+        return torch.tensor(out, dtype=torch.int64)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the sampler stands."""
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Go back to a saved position."""
+        self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None

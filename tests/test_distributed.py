@@ -1,0 +1,119 @@
+"""Data-parallel training: shards of the windows, identical weights on every rank, one writer."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ctxq_cli.distributed import Group, WindowSampler, split_batch
+from ctxq_cli.errors import CtxqError
+from ctxq_cli.model import DenoiserModel
+
+from conftest import smooth_field
+
+
+def test_each_epoch_is_split_into_disjoint_shards_that_cover_it():
+    count, world = 37, 3
+    samplers = [WindowSampler(count, batch=4, seed=5, group=Group(rank=r, world=world))
+                for r in range(world)]
+    per_rank = -(-count // world)            # DistributedSampler pads to an even split
+    steps = per_rank // 4
+    drawn = [torch.cat([s.next() for _ in range(steps)]).tolist() for s in samplers]
+    flat = [i for shard in drawn for i in shard]
+    assert len(set(flat)) == len(flat)       # no window twice within the epoch's first batches
+    assert all(0 <= i < count for i in flat)
+    # a whole epoch per rank covers every window
+    full = [WindowSampler(count, batch=per_rank, seed=5, group=Group(rank=r, world=world)).next()
+            for r in range(world)]
+    assert set(torch.cat(full).tolist()) == set(range(count))
+
+
+def test_the_sampler_goes_on_from_a_saved_position_and_reshuffles_epochs():
+    a = WindowSampler(10, batch=4, seed=1)
+    first = [a.next().tolist() for _ in range(2)]
+    saved = a.state_dict()
+    rest = [a.next().tolist() for _ in range(3)]
+    b = WindowSampler(10, batch=4, seed=1)
+    b.load_state_dict(saved)
+    assert [b.next().tolist() for _ in range(3)] == rest
+    drawn = sum(first + rest, [])
+    epoch0, epoch1 = drawn[:10], drawn[10:20]
+    assert sorted(epoch0) == sorted(epoch1) == list(range(10))
+    assert epoch0 != epoch1                   # the next epoch comes in another order
+
+
+def test_the_global_batch_must_split_evenly():
+    assert split_batch(8, Group(rank=0, world=4)) == 2
+    with pytest.raises(CtxqError, match="--batch-size 6 does not split evenly over 4"):
+        split_batch(6, Group(rank=1, world=4))
+
+
+WORKER = """
+import sys
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from ctxq_cli import distributed
+from ctxq_cli.train import RunControl, TrainOptions, train_denoiser
+
+data = np.load(sys.argv[1])
+group, device = distributed.start(torch.device("cpu"))
+options = TrainOptions(steps=6, channels=(8, 16), batch_size=4, window=3, val_every=3,
+                       partition="pixel")
+model = train_denoiser(data["values"], data["observed"], data["domain"], ["u"], options,
+                       device, progress=False, control=RunControl(group=group))
+save_file({k: v.contiguous() for k, v in model.denoiser.state_dict().items()},
+          f"{sys.argv[2]}/rank{group.rank}.safetensors")
+distributed.finish(group)
+"""
+
+
+def _torchrun(*args, cwd):
+    """Run two CPU processes under torchrun; return the completed process."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+                               "PYTHONPATH": ":".join(sys.path)})
+
+
+def _field(tmp_path):
+    values = smooth_field(30, 16, 16, seed=3)[:, None]
+    observed = np.random.default_rng(3).random(values.shape) < 0.6
+    return np.where(observed, values, 0).astype(np.float32), observed
+
+
+def test_two_gloo_processes_end_with_identical_weights(tmp_path):
+    values, observed = _field(tmp_path)
+    np.savez(tmp_path / "data.npz", values=values, observed=observed,
+             domain=np.ones((16, 16), bool))
+    (tmp_path / "worker.py").write_text(WORKER)
+    run = _torchrun("worker.py", str(tmp_path / "data.npz"), str(tmp_path), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(2)]
+    assert ranks[0].keys() == ranks[1].keys()
+    for name in ranks[0]:
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+    # and training did move them: the last layer starts at zero
+    assert any(t.abs().sum() > 0 for n, t in ranks[0].items() if "conv2.weight" in n)
+
+
+def test_torchrun_train_denoiser_writes_once_and_logs_once(tmp_path):
+    values, observed = _field(tmp_path)
+    np.savez(tmp_path / "obs.npz", u=np.where(observed, values, np.nan))
+    out = tmp_path / "d.safetensors"
+    run = _torchrun("-m", "ctxq_cli", "train-denoiser", "obs.npz", "-o", str(out),
+                    "--steps", "5", "--channels", "8,16", "--batch-size", "4",
+                    "--checkpoint-every", "2", "--device", "cpu", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    records = [json.loads(line) for line in out.with_suffix(".log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    assert "batch size 4 (2 per process × 2 processes)" in run.stderr
+    assert run.stderr.count("wrote ") == 1
+    assert not (tmp_path / "d.resume.safetensors").exists()
+    assert DenoiserModel.load(out).training["processes"] == 2
