@@ -66,10 +66,18 @@ class Normalization:
             raise ValueError(f"per-cell normalisation fitted on grid "
                              f"{tuple(self.cell_mean.shape[-2:])}, not {tuple(grid)}")
 
-    def apply(self, values: np.ndarray, observed: np.ndarray) -> np.ndarray:
-        """(T, C, H, W) physical → normalised float32, 0 where not observed."""
+    def apply(self, values: np.ndarray, observed: np.ndarray,
+              cells: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """(T, C, H, W) physical → normalised float32, 0 where not observed.
+
+        ``cells`` (an ``np.ix_`` pair) says which grid cells a tile's values are, for a
+        per-cell mean.
+        """
         std = np.asarray(self.std)[None, :, None, None]
-        return np.where(observed, (values - self._centre()[None]) / std, 0.0).astype(np.float32)
+        centre = self._centre()
+        if cells is not None and self.cell_mean is not None:
+            centre = centre[(slice(None),) + tuple(cells)]
+        return np.where(observed, (values - centre[None]) / std, 0.0).astype(np.float32)
 
     def invert(self, values: np.ndarray) -> np.ndarray:
         """Normalised (..., C, H, W) → physical float32."""

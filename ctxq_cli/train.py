@@ -318,6 +318,8 @@ def optimise(network: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator],
     """
     group = control.group
     device = next(network.parameters()).device
+    if device.type == "cuda":
+        network.to(memory_format=torch.channels_last)
     trained: nn.Module = network
     if group.active:
         from torch.nn.parallel import DistributedDataParallel

@@ -108,6 +108,8 @@ class UNet(nn.Module):
     def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
         """x: (B, C_in, H, W), c_noise: (B,) -> (B, C_out, H, W)."""
         emb = self.embed(noise_embedding(c_noise, self.config.embedding))
+        if self.stem.weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)   # a GPU's tensor cores' layout
         p = self.config.patch
         h = self.stem(F.pixel_unshuffle(x, p) if p > 1 else x)
         skips = []

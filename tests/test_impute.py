@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ctxq_cli.impute import impute_field, window_plan
+from ctxq_cli.tiles import Tiling, plan
 from ctxq_cli.train import TrainOptions, train_denoiser
 
 from conftest import smooth_field
@@ -118,3 +119,55 @@ def test_observed_values_outside_the_domain_are_kept(model):
     kept = observed[:, :, :3, :3]
     assert result.mean[:, :, :3, :3][kept].tobytes() == values[:, :, :3, :3][kept].tobytes()
     assert np.isnan(result.mean[:, :, 0, 0]).all()
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_the_result_does_not_depend_on_the_time_chunk(model, steps):
+    values = smooth_field(11, 16, 16, seed=5)[:, None]
+    observed = np.random.default_rng(5).random(values.shape) < 0.4
+    v = np.where(observed, values, 0)
+    whole = impute_field(model, v, observed, model.domain, ensemble=4, steps=steps,
+                         members=True, progress=False)
+    for chunk in (1, 4):
+        part = impute_field(model, v, observed, model.domain, ensemble=4, steps=steps,
+                            members=True, progress=False, chunk=chunk)
+        assert part.mean.tobytes() == whole.mean.tobytes()
+        assert part.members.tobytes() == whole.members.tobytes()
+
+
+def test_one_tile_larger_than_the_grid_is_the_untiled_imputation(model):
+    values = smooth_field(5, 16, 16, seed=6)[:, None]
+    observed = np.random.default_rng(6).random(values.shape) < 0.4
+    v = np.where(observed, values, 0)
+    a = impute_field(model, v, observed, model.domain, ensemble=3, progress=False)
+    b = impute_field(model, v, observed, model.domain, ensemble=3, progress=False,
+                     tiling=Tiling(size=64, overlap=8))
+    assert a.mean.tobytes() == b.mean.tobytes()
+
+
+def test_tile_borders_are_no_worse_than_tile_interiors():
+    # A model trained on 24×24 patches of a 64×64 field fills the grid with 24×24 tiles. Cut
+    # without overlap, the cells by the tile edges were 6 % worse than the rest; blended, better.
+    g = 64
+    truth = smooth_field(50, g, g, seed=8)[:, None]
+    observed = np.random.default_rng(8).random(truth.shape) < 0.5
+    domain = np.ones((g, g), bool)
+    trained = train_denoiser(np.where(observed, truth, 0), observed, domain, ["u"],
+                             TrainOptions(steps=150, channels=(8, 16), batch_size=8, window=1,
+                                          patch=24, lr=3e-3),
+                             torch.device("cpu"), progress=False)
+    test = slice(40, 50)
+    v, o = np.where(observed, truth, 0)[test], observed[test]
+    tiling = Tiling(size=24, overlap=8)
+    result = impute_field(trained, v, o, domain, ensemble=4, progress=False, tiling=tiling)
+    err = (result.mean - truth[test])[:, 0]
+    tiles = plan((g, g), tiling)
+    edges = ({int(t.rows[0]) for t in tiles} | {int(t.rows[-1]) + 1 for t in tiles}) - {0, g}
+    near = np.zeros(g, bool)            # within 2 cells of a tile edge inside the grid
+    for edge in edges:
+        near[max(edge - 2, 0):edge + 2] = True
+    border = near[:, None] | near[None, :]
+    hidden = ~o[:, 0]
+    border_rmse = np.sqrt(np.mean(err[border & hidden] ** 2))
+    interior_rmse = np.sqrt(np.mean(err[~border & hidden] ** 2))
+    assert border_rmse <= interior_rmse, (border_rmse, interior_rmse)
