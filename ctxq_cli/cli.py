@@ -367,41 +367,97 @@ def impute(
     guidance_weight: Annotated[float, typer.Option(
         help="Guided prior: guidance weight w_g per in-domain cell.", min=0)] = 0.03,
     calibrate: CalibrateOpt = True,
+    tile: Annotated[int | None, typer.Option(
+        help="Fill the grid by overlapping square tiles of this many cells a side (default: "
+             "the whole grid up to 512 cells a side, else 256).", min=8)] = None,
+    tile_overlap: Annotated[int, typer.Option(
+        help="Cells shared by neighbouring tiles, blended smoothly.", min=0)] = 32,
+    wrap_lon: Annotated[bool, typer.Option(
+        "--wrap-lon", help="The last axis is a periodic longitude: tiles wrap across it.")
+    ] = False,
+    chunk: Annotated[int | None, typer.Option(
+        help="Frames read, filled and written at a time (default: about 1 GiB of ensemble "
+             "arrays).", min=1)] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Fill the gaps of a field with a trained denoiser."""
+    """Fill the gaps of a field with a trained denoiser.
+
+    NetCDF files are read and written a chunk of frames at a time (--chunk) and large grids
+    are filled by overlapping tiles (--tile), so memory follows the chunk and the tile, not
+    the file.
+    """
     with reporting(quiet) as progress:
         from ctxq_cli import io
-        from ctxq_cli.impute import calibrate_spread, impute_field
+        from ctxq_cli.impute import calibrate_spread, impute_chunks
         from ctxq_cli.model import DenoiserModel
+        from ctxq_cli.tiles import Tiling
 
         fmt = io.file_format(data)
         out = output or Path(data.stem + "_imputed" + (".npz" if fmt == "npz" else ".nc"))
         io.check_output(out, overwrite, [data, mask, domain, checkpoint])
         dev = _device(device)
         model = DenoiserModel.load(checkpoint, dev)
-        fld = io.read_field(data, var, mask, default=model.variables)
-        log.info("%s: %s", data, fld.describe())
+        source = io.open_field(data, var, mask, default=model.variables)
+        fld = source.template
+        log.info("%s: %s, %d frames of %d×%d", data, ", ".join(fld.names), source.frames,
+                 *fld.grid)
         _check_variables(fld, model, data, checkpoint)
         dom = _imputation_domain(fld, model, domain)
-        log.info("domain: %d cells, %d never observed in this file and filled from the model",
-                 int(dom.sum()), int((dom & ~fld.observed.any(axis=(0, 1))).sum()))
+        tiling = Tiling(size=tile or (None if max(fld.grid) <= AUTO_TILE_ABOVE else AUTO_TILE),
+                        overlap=tile_overlap, wrap_lon=wrap_lon)
+        frames_per_chunk = chunk or _auto_chunk(ensemble, len(fld.names), fld.grid,
+                                                model.window, members)
+        log.info("%s, %d frames per chunk", f"tiles of {tiling.size} cells overlapping by "
+                 f"{tiling.overlap}" if tiling.size else "one tile", frames_per_chunk)
         options = {"device": dev, "batch": batch_size, "guided": guided, "rho": guidance_rho,
-                   "guidance_weight": guidance_weight}
-        scale = (calibrate_spread(model, fld.values, fld.observed, dom, ensemble, seed,
-                                  **options) if calibrate and steps == 1 else 1.0)
-        result = impute_field(model, fld.values, fld.observed, dom, ensemble, steps, seed,
-                              members, progress=progress, spread_scale=scale, **options)
-        _write_imputation(out, fld, result, checkpoint, ensemble, steps, seed, model)
+                   "guidance_weight": guidance_weight, "tiling": tiling}
+        scale = 1.0
+        if calibrate and steps == 1:
+            lo = max(0, (source.frames - 48) // 2)
+            sample_v, sample_o = source.read(lo, min(source.frames, lo + 48))
+            scale = calibrate_spread(model, sample_v, sample_o, dom, ensemble, seed, **options)
+        specs = _output_variables(fld, ensemble if members else None)
+        ever = np.zeros(fld.grid, bool)
+        empty: list[int] = []
+        with io.open_output(out, fld, specs, io.history_line(_command_line(),
+                                                             __version__)) as writer:
+            for a, result in impute_chunks(model, source.read, source.frames, dom, ensemble,
+                                           steps, seed, members, progress=progress,
+                                           spread_scale=scale, chunk=frames_per_chunk,
+                                           **options):
+                writer.write(a, _output_arrays(fld.names, result))
+                ever |= result.observed.any(axis=(0, 1))
+                empty += [a + f for f in result.empty_frames]
+            provenance = {"ctxq_version": __version__, "ctxq_checkpoint": str(checkpoint),
+                          "ctxq_ensemble": ensemble, "ctxq_steps": steps, "ctxq_seed": seed,
+                          "ctxq_partition": model.partition.name, "ctxq_window": model.window,
+                          "ctxq_spread_scale": scale,
+                          "ctxq_frames_without_observations": len(empty)}
+            if empty:  # 0-based indices along time, e.g. for masking in analysis
+                provenance["ctxq_empty_frame_indices"] = np.asarray(empty, dtype=np.int32)
+            writer.attributes(provenance)
+        log.info("domain: %d cells, %d never observed in this file and filled from the model",
+                 int(dom.sum()), int((dom & ~ever).sum()))
         log.info("wrote %s", out)
 
 
-def _write_imputation(out: Path, fld, result, checkpoint: Path, ensemble: int, steps: int,
-                      seed: int, model) -> None:
-    """Write mean, spread and members per variable, mirroring the input file."""
+AUTO_TILE_ABOVE = 512     # grids up to this many cells a side go through the network whole
+AUTO_TILE = 256
+CHUNK_BYTES = 1 << 30     # rough budget for a chunk's ensemble arrays
+
+
+def _auto_chunk(ensemble: int, channels: int, grid: tuple[int, int], window: int,
+                members: bool) -> int:
+    """Frames per chunk that keep the ensemble's arrays of a chunk near CHUNK_BYTES."""
+    per_frame = ensemble * channels * grid[0] * grid[1] * 4 * (4 if members else 3)
+    return max(4 * window, CHUNK_BYTES // per_frame)
+
+
+def _output_variables(fld, members: int | None) -> list:
+    """Mean, spread, flag (and members) per variable, mirroring the input's attributes."""
     from ctxq_cli import io
     from ctxq_cli.cf import Encoding
 
@@ -411,33 +467,36 @@ def _write_imputation(out: Path, fld, result, checkpoint: Path, ensemble: int, s
         attrs = dict(fld.var_attrs[c])
         label = attrs.get("long_name", name)
         attrs["ancillary_variables"] = f"{name}_std {name}_flag" + (
-            f" {name}_members" if result.members is not None else "")
-        variables.append(io.OutputVariable(name, result.mean[:, c], attrs, encoding=precise))
+            f" {name}_members" if members else "")
+        variables.append(io.OutputVariable(name, None, attrs, encoding=precise))
         std_attrs = {k: attrs[k] for k in ("units",) if k in attrs}
         std_attrs["long_name"] = f"ensemble spread (standard deviation) of {label}"
-        variables.append(io.OutputVariable(f"{name}_std", result.std[:, c], std_attrs))
-        observed = fld.observed[:, c]
-        flag = np.where(observed, 0.0, np.where(np.isfinite(result.mean[:, c]), 1.0, np.nan))
+        variables.append(io.OutputVariable(f"{name}_std", None, std_attrs))
         variables.append(io.OutputVariable(
-            f"{name}_flag", flag, {"long_name": f"origin of {label}",
+            f"{name}_flag", None, {"long_name": f"origin of {label}",
                                    "flag_values": np.array([0, 1], np.int8),
                                    "flag_meanings": "observed filled_by_ctxq"},
             encoding=Encoding("int8", -127)))
-        if result.members is not None:
+        if members:
             variables.append(io.OutputVariable(
-                f"{name}_members", result.members[:, :, c],
+                f"{name}_members", np.empty((members, 0)),
                 {**{k: attrs[k] for k in ("units", "standard_name") if k in attrs},
                  "long_name": f"ensemble members of {label}"}, member_dim=True,
                 encoding=precise))
-    provenance = {"ctxq_version": __version__, "ctxq_checkpoint": str(checkpoint),
-                  "ctxq_ensemble": ensemble, "ctxq_steps": steps, "ctxq_seed": seed,
-                  "ctxq_partition": model.partition.name, "ctxq_window": model.window,
-                  "ctxq_spread_scale": result.spread_scale,
-                  "ctxq_frames_without_observations": len(result.empty_frames)}
-    if result.empty_frames:  # 0-based indices along time, e.g. for masking in analysis
-        provenance["ctxq_empty_frame_indices"] = np.asarray(result.empty_frames, dtype=np.int32)
-    io.write_output(out, fld, variables, provenance, io.history_line(_command_line(),
-                                                                     __version__))
+    return variables
+
+
+def _output_arrays(names: list[str], result) -> dict[str, np.ndarray]:
+    """One chunk's arrays for the variables of :func:`_output_variables`."""
+    arrays = {}
+    for c, name in enumerate(names):
+        arrays[name] = result.mean[:, c]
+        arrays[f"{name}_std"] = result.std[:, c]
+        arrays[f"{name}_flag"] = np.where(result.observed[:, c], 0.0,
+                                          np.where(np.isfinite(result.mean[:, c]), 1.0, np.nan))
+        if result.members is not None:
+            arrays[f"{name}_members"] = result.members[:, :, c]
+    return arrays
 
 
 @app.command()

@@ -47,6 +47,7 @@ class Imputation:
     members: np.ndarray | None   # (K, T, C, H, W)
     empty_frames: list[int]      # frames with no observation inside the domain
     spread_scale: float = 1.0    # factor applied to the members' deviations from their mean
+    observed: np.ndarray | None = None   # (T, C, H, W) the observed cells, as given
 
 
 def window_plan(frames: int, window: int, offset: int) -> list[tuple[int, int, int]]:
@@ -109,7 +110,7 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
         std=np.concatenate([p.std for _, p in parts]),
         members=(np.concatenate([p.members for _, p in parts], axis=1) if members else None),
         empty_frames=[a + f for a, p in parts for f in p.empty_frames],
-        spread_scale=spread_scale)
+        spread_scale=spread_scale, observed=np.concatenate([p.observed for _, p in parts]))
 
 
 def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
@@ -294,7 +295,7 @@ def _finish(model: DenoiserModel, est: np.ndarray, values: np.ndarray, observed:
     if members:
         kept = np.where(observed[None], values[None], np.where(inside[None], phys, np.nan))
     return Imputation(mean=mean, std=std, members=kept, empty_frames=empty,
-                      spread_scale=spread_scale)
+                      spread_scale=spread_scale, observed=observed)
 
 
 def calibrate_spread(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,

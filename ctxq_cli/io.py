@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,8 +71,10 @@ class Field:
 
     @property
     def frames(self) -> int:
-        """Number of time steps."""
-        return self.values.shape[0]
+        """Number of time steps (on disk, whether or not they have been read)."""
+        if self.time_axis is None or not self.shape:
+            return self.values.shape[0]
+        return self.shape[self.time_axis]
 
     def describe(self) -> str:
         """A short human description: names, shape and observed fraction."""
@@ -236,27 +238,53 @@ def to_internal(array: np.ndarray, time_axis: int | None) -> np.ndarray:
     return moved.reshape(moved.shape[0], *[n for n in moved.shape[1:] if n > 1])
 
 
-def _read_netcdf(path: Path, requested: Sequence[str] | None, default: Sequence[str]) -> Field:
-    """Read and decode the chosen variables of a NetCDF file."""
+@dataclass
+class FieldSource:
+    """A field's metadata (``template``, with no frames) and its frames read range by range.
+
+    ``read(a, b)`` returns values and observed (b − a, C, H, W) of frames [a, b), with the
+    ``--mask`` file applied; a NetCDF file is read only where asked, so memory follows the
+    range, not the file.
+    """
+
+    template: Field
+    frames: int
+    reader: Callable[[int, int], tuple[np.ndarray, np.ndarray]]
+    mask: Callable[[int, int], np.ndarray] | None = None
+    mask_path: Path | None = None
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(H, W) of the grid."""
+        return self.template.grid
+
+    def read(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Values (0 where missing) and observed cells of frames [a, b)."""
+        values, observed = self.reader(a, b)
+        if self.mask is not None:
+            part = Field(self.template.path, self.template.format, self.template.names, values,
+                         observed)
+            apply_mask(part, self.mask(a, b), self.mask_path)
+            values, observed = part.values, part.observed
+        return values, observed
+
+
+def _netcdf_source(path: Path, requested: Sequence[str] | None,
+                   default: Sequence[str]) -> FieldSource:
+    """Metadata of the chosen variables of a NetCDF file, their values read on demand."""
     with _open_netcdf(path) as ds:
         available = {n: ds.variables[n].ndim for n in _data_variables(ds, bool(requested))}
         names = choose_variables(path, available, requested, default, list(ds.variables))
         first = ds.variables[names[0]]
         dims, shape = tuple(first.dimensions), tuple(first.shape)
         time_axis = layout(path, names[0], dims, shape, ds)
-        values, missing, attrs = [], [], []
+        attrs = []
         for name in names:
             var = ds.variables[name]
             if tuple(var.dimensions) != dims:
                 raise CtxqError(f"{path}: variable '{name}' has dims {tuple(var.dimensions)}, "
                                 f"unlike '{names[0]}' {dims}; variables must share a grid")
-            dec = _decode(path, name, _read(path, var), _attrs(var))
-            values.append(to_internal(dec.values, time_axis))
-            missing.append(to_internal(dec.missing, time_axis))
-            attrs.append({k: v for k, v in _attrs(var).items() if k not in PACKING_ATTRS})
-            if dec.counts.get("out_of_range"):
-                log.info("%s: %s: %d values outside the valid range treated as missing",
-                         path, name, dec.counts["out_of_range"])
+            attrs.append(_attrs(var))
         wanted = set(dims).union(*(str(a.get("coordinates", "")).split() for a in attrs))
         coords = [Coordinate(n, tuple(v.dimensions), _read(path, v), _attrs(v))
                   for n, v in ds.variables.items()
@@ -264,11 +292,48 @@ def _read_netcdf(path: Path, requested: Sequence[str] | None, default: Sequence[
                   and getattr(v.dtype, "kind", "O") in "iufbM"]
         unlimited = {d for d in dims if ds.dimensions[d].isunlimited()}
         global_attrs = _attrs(ds)
-    data = np.stack(values, axis=1)
-    observed = ~np.stack(missing, axis=1)
-    return Field(path=path, format="netcdf", names=names, values=data, observed=observed,
-                 dims=dims, shape=shape, time_axis=time_axis, var_attrs=attrs, coords=coords,
-                 global_attrs=global_attrs, unlimited=unlimited)
+        dtype = np.result_type(*(_decoded_dtype(ds.variables[n]) for n in names))
+    frames = shape[time_axis] if time_axis is not None else 1
+    grid = tuple(n for i, n in enumerate(shape) if n > 1 and i != time_axis)
+    template = Field(path=path, format="netcdf", names=names,
+                     values=np.zeros((0, len(names), *grid), dtype),
+                     observed=np.zeros((0, len(names), *grid), bool), dims=dims, shape=shape,
+                     time_axis=time_axis,
+                     var_attrs=[{k: v for k, v in a.items() if k not in PACKING_ATTRS}
+                                for a in attrs],
+                     coords=coords, global_attrs=global_attrs, unlimited=unlimited)
+
+    def read(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        values, missing = [], []
+        with _open_netcdf(path) as ds:
+            for name, var_attrs in zip(names, attrs):
+                var = ds.variables[name]
+                where: tuple[Any, ...] = (...,)
+                if time_axis is not None:
+                    where = tuple(slice(a, b) if i == time_axis else slice(None)
+                                  for i in range(len(dims)))
+                dec = _decode(path, name, _read_slice(path, var, where), var_attrs)
+                values.append(to_internal(dec.values, time_axis))
+                missing.append(to_internal(dec.missing, time_axis))
+                if dec.counts.get("out_of_range"):
+                    log.info("%s: %s: %d values outside the valid range treated as missing",
+                             path, name, dec.counts["out_of_range"])
+        return np.stack(values, axis=1), ~np.stack(missing, axis=1)
+
+    return FieldSource(template=template, frames=frames, reader=read)
+
+
+def _decoded_dtype(var: Any) -> np.dtype:
+    """float64 for double variables, else float32 (what ``cf.decode`` gives)."""
+    return np.dtype(np.float64) if np.dtype(var.dtype) == np.float64 else np.dtype(np.float32)
+
+
+def _read_netcdf(path: Path, requested: Sequence[str] | None, default: Sequence[str]) -> Field:
+    """Read and decode the chosen variables of a NetCDF file."""
+    source = _netcdf_source(path, requested, default)
+    fld = source.template
+    fld.values, fld.observed = source.read(0, source.frames)
+    return fld
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -327,6 +392,60 @@ def read_field(path: Path | str, variables: Sequence[str] | None = None,
     if mask_path is not None:
         apply_mask(fld, read_mask(Path(mask_path), fld.names), Path(mask_path))
     return fld
+
+
+def open_field(path: Path | str, variables: Sequence[str] | None = None,
+               mask_path: Path | str | None = None, default: Sequence[str] = ()) -> FieldSource:
+    """Like :func:`read_field`, but a NetCDF field's frames are read when asked for.
+
+    NPZ files (compressed archives) and NPZ or per-variable masks are read whole; a NetCDF
+    ``mask`` variable is read range by range like the field.
+    """
+    path = Path(path)
+    if file_format(path) == "netcdf":
+        source = _netcdf_source(path, variables, default)
+    else:
+        fld = _read_npz(path, variables, default)
+        source = FieldSource(template=fld, frames=fld.values.shape[0],
+                             reader=lambda a, b: (fld.values[a:b], fld.observed[a:b]))
+    if mask_path is not None:
+        mask_path = Path(mask_path)
+        source.mask, source.mask_path = _mask_source(mask_path, source), mask_path
+    return source
+
+
+def _mask_source(path: Path, source: FieldSource) -> Callable[[int, int], np.ndarray]:
+    """Frames [a, b) of a mask file (or its single static frame), as read_mask shapes them."""
+    names = source.template.names
+    if file_format(path) == "netcdf":
+        with _open_netcdf(path) as ds:
+            var = ds.variables.get(MASK_VARIABLE)
+            if var is not None:
+                dims, shape = tuple(var.dimensions), tuple(var.shape)
+                time_axis = layout(path, MASK_VARIABLE, dims, shape, ds)
+                if time_axis is not None and shape[time_axis] == source.frames > 1:
+                    attrs = _attrs(var)
+
+                    def read(a: int, b: int) -> np.ndarray:
+                        with _open_netcdf(path) as ds:
+                            where = tuple(slice(a, b) if i == time_axis else slice(None)
+                                          for i in range(len(dims)))
+                            raw = RawVariable(_read_slice(path, ds.variables[MASK_VARIABLE],
+                                                          where), attrs, dims, True)
+                        return _mask_to_internal(path, MASK_VARIABLE,
+                                                 _mask_values(path, MASK_VARIABLE, raw), dims)
+
+                    return read
+    whole = read_mask(path, names)
+    return lambda a, b: whole if whole.shape[0] == 1 else whole[a:b]
+
+
+def _read_slice(path: Path, var: Any, where: tuple[Any, ...]) -> np.ndarray:
+    """Part of a netCDF4 variable, raw; a read failure is a one-line error."""
+    try:
+        return var[where]
+    except (RuntimeError, OSError, ValueError, IndexError) as exc:
+        raise CtxqError(f"{path}: variable '{var.name}' cannot be read ({exc})") from None
 
 
 def imputed_variables(path: Path | str) -> list[str]:
@@ -500,10 +619,14 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 
 @dataclass
 class OutputVariable:
-    """One variable to write: internal (T, H, W) or (K, T, H, W) values, NaN = fill."""
+    """One variable to write: internal (T, H, W) or (K, T, H, W) values, NaN = fill.
+
+    For :func:`open_output` the values come later; a member variable's leading axis still
+    says how many members there are.
+    """
 
     name: str
-    values: np.ndarray
+    values: np.ndarray | None
     attrs: dict[str, Any]
     member_dim: bool = False
     encoding: Encoding = field(default_factory=lambda: Encoding("float32", -9999.0))
@@ -516,77 +639,123 @@ def history_line(command: str, version: str) -> str:
 
 
 def _to_disk(fld: Field, values: np.ndarray) -> np.ndarray:
-    """Reshape internal (T, H, W) values back to the variable's on-disk shape."""
+    """Reshape internal (T, H, W) values back to the variable's on-disk shape (T frames)."""
     if fld.time_axis is None:
         return values[0].reshape(fld.shape)
     moved = list(fld.shape)
-    t = moved.pop(fld.time_axis)
-    return np.moveaxis(values.reshape(t, *moved), 0, fld.time_axis)
+    moved.pop(fld.time_axis)
+    return np.moveaxis(values.reshape(values.shape[0], *moved), 0, fld.time_axis)
 
 
 def write_output(path: Path | str, template: Field, variables: Sequence[OutputVariable],
                  global_attrs: dict[str, Any], history: str) -> None:
     """Write variables on the template's grid: NPZ for a ``.npz`` path, else NetCDF-4."""
+    with open_output(path, template, variables, history) as out:
+        out.write(0, {v.name: v.values for v in variables})
+        out.attributes(global_attrs)
+
+
+class OutputWriter:
+    """Receives an output's variables range of frames by range of frames (see open_output)."""
+
+    def __init__(self, template: Field, variables: Sequence[OutputVariable]) -> None:
+        self.template = template
+        self.variables = {v.name: v for v in variables}
+        self.attrs: dict[str, Any] = {}
+        self.pending: dict[str, list[np.ndarray]] = {v.name: [] for v in variables}
+        self.dataset: Any = None    # an open netCDF4.Dataset when writing NetCDF
+
+    def write(self, start: int, arrays: dict[str, np.ndarray]) -> None:
+        """Write internal (n, H, W) or (K, n, H, W) arrays at frames [start, start + n)."""
+        for name, values in arrays.items():
+            var = self.variables[name]
+            if self.dataset is None:
+                self.pending[name].append(values)
+                continue
+            nc = self.dataset.variables[name]
+            enc = var.encoding
+            members = values if var.member_dim else values[None]
+            for i, member in enumerate(members):
+                disk = _to_disk(self.template, member)
+                where: list[Any] = [slice(None)] * disk.ndim
+                if self.template.time_axis is not None:
+                    where[self.template.time_axis] = slice(start, start + member.shape[0])
+                if var.member_dim:
+                    where.insert(0, i)
+                nc[tuple(where)] = encode(disk, np.isnan(disk), enc)
+
+    def attributes(self, attrs: dict[str, Any]) -> None:
+        """Global attributes to add (known, say, only once every frame is written)."""
+        self.attrs.update(attrs)
+        if self.dataset is not None:
+            self.dataset.setncatts(attrs)
+
+
+@contextlib.contextmanager
+def open_output(path: Path | str, template: Field, variables: Sequence[OutputVariable],
+                history: str) -> Iterator[OutputWriter]:
+    """An output file on the template's grid, written range by range, in place atomically.
+
+    NetCDF-4 variables are written as the ranges come, so memory follows the range; an NPZ
+    archive is compressed as a whole and so gathers the ranges first. Nothing appears at
+    ``path`` unless the block completes.
+    """
     path = Path(path)
+    writer = OutputWriter(template, variables)
     with atomic_path(path) as tmp:
         if path.suffix.lower() == ".npz":
-            _write_npz(tmp, template, variables, global_attrs)
+            yield writer
+            _write_npz(tmp, template, writer)
         else:
-            _write_netcdf(tmp, template, variables, global_attrs, history)
+            import netCDF4
+
+            with netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
+                _define_netcdf(ds, template, variables, history)
+                writer.dataset = ds
+                yield writer
 
 
-def _write_npz(tmp: Path, template: Field, variables: Sequence[OutputVariable],
-               global_attrs: dict[str, Any]) -> None:
-    """Write arrays (NaN = fill) with a JSON-free, pickle-free layout."""
+def _write_npz(tmp: Path, template: Field, writer: OutputWriter) -> None:
+    """Write the gathered arrays (NaN = fill) with a JSON-free, pickle-free layout."""
     arrays: dict[str, np.ndarray] = {}
-    for var in variables:
-        vals = var.values
+    for name, parts in writer.pending.items():
+        var = writer.variables[name]
+        vals = np.concatenate(parts, axis=1 if var.member_dim else 0)
         if var.member_dim:
-            arrays[var.name] = np.stack([_to_disk(template, v) for v in vals])
+            arrays[name] = np.stack([_to_disk(template, v) for v in vals])
         else:
-            arrays[var.name] = _to_disk(template, vals)
-    for key, value in global_attrs.items():
+            arrays[name] = _to_disk(template, vals)
+    for key, value in writer.attrs.items():
         arrays[f"attr_{key}"] = np.asarray(str(value))
     with open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
 
 
-def _write_netcdf(tmp: Path, template: Field, variables: Sequence[OutputVariable],
-                  global_attrs: dict[str, Any], history: str) -> None:
-    """Write a NetCDF-4 file mirroring the template's dims, coordinates and attributes."""
-    import netCDF4
-
-    with netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
-        attrs = dict(template.global_attrs)
-        old = str(attrs.pop("history", "")).strip()
-        attrs["history"] = history + ("\n" + old if old else "")
-        attrs.update(global_attrs)
-        ds.setncatts({k: v for k, v in attrs.items()})
-        for dim, size in zip(template.dims, template.shape):
-            ds.createDimension(dim, None if dim in template.unlimited else size)
-        if any(v.member_dim for v in variables):
-            k = next(v.values.shape[0] for v in variables if v.member_dim)
-            ds.createDimension("member", k)
-            mvar = ds.createVariable("member", "i4", ("member",))
-            mvar[:] = np.arange(k)
-            mvar.long_name = "ensemble member"
-        for coord in template.coords:
-            fill = coord.attrs.get("_FillValue")
-            cvar = ds.createVariable(coord.name, coord.values.dtype, coord.dims, fill_value=fill)
-            cvar.setncatts({k: v for k, v in coord.attrs.items() if k != "_FillValue"})
-            cvar[...] = coord.values
-        for var in variables:
-            dims = (("member",) if var.member_dim else ()) + tuple(template.dims)
-            enc = var.encoding
-            nc = ds.createVariable(var.name, enc.dtype, dims, zlib=True, complevel=4,
-                                   fill_value=enc.fill_value)
-            nc.set_auto_maskandscale(False)
-            nc.setncatts({**{k: v for k, v in enc.attrs.items() if k != "_FillValue"},
-                          **{k: v for k, v in var.attrs.items() if k not in PACKING_ATTRS}})
-            if var.member_dim:
-                for i, member in enumerate(var.values):
-                    disk = _to_disk(template, member)
-                    nc[i, ...] = encode(disk, np.isnan(disk), enc)
-            else:
-                disk = _to_disk(template, var.values)
-                nc[...] = encode(disk, np.isnan(disk), enc)
+def _define_netcdf(ds: Any, template: Field, variables: Sequence[OutputVariable],
+                   history: str) -> None:
+    """Dims, coordinates, attributes and empty variables mirroring the template."""
+    attrs = dict(template.global_attrs)
+    old = str(attrs.pop("history", "")).strip()
+    attrs["history"] = history + ("\n" + old if old else "")
+    ds.setncatts({k: v for k, v in attrs.items()})
+    for dim, size in zip(template.dims, template.shape):
+        ds.createDimension(dim, None if dim in template.unlimited else size)
+    if any(v.member_dim for v in variables):
+        k = next(v.values.shape[0] for v in variables if v.member_dim)
+        ds.createDimension("member", k)
+        mvar = ds.createVariable("member", "i4", ("member",))
+        mvar[:] = np.arange(k)
+        mvar.long_name = "ensemble member"
+    for coord in template.coords:
+        fill = coord.attrs.get("_FillValue")
+        cvar = ds.createVariable(coord.name, coord.values.dtype, coord.dims, fill_value=fill)
+        cvar.setncatts({k: v for k, v in coord.attrs.items() if k != "_FillValue"})
+        cvar[...] = coord.values
+    for var in variables:
+        dims = (("member",) if var.member_dim else ()) + tuple(template.dims)
+        enc = var.encoding
+        nc = ds.createVariable(var.name, enc.dtype, dims, zlib=True, complevel=4,
+                               fill_value=enc.fill_value)
+        nc.set_auto_maskandscale(False)
+        nc.setncatts({**{k: v for k, v in enc.attrs.items() if k != "_FillValue"},
+                      **{k: v for k, v in var.attrs.items() if k not in PACKING_ATTRS}})

@@ -281,3 +281,39 @@ def test_per_cell_normalisation_trains_imputes_and_keeps_observations(workdir, t
         filled, given = ds["sst"][:].filled(np.nan), obs["sst"][:].filled(np.nan)
     seen = np.isfinite(given)
     assert filled[seen].tobytes() == given[seen].tobytes()
+
+
+def _variables(path):
+    with netCDF4.Dataset(path) as ds:
+        return {n: np.ma.asarray(ds.variables[n][:]).astype(float).filled(np.nan)
+                for n in ds.variables}
+
+
+def test_chunks_and_tiles_stream_the_same_file(workdir):
+    base = ["impute", workdir / "obs.nc", "--mask", workdir / "mask.nc", "--ensemble", "3",
+            "--checkpoint", workdir / "denoiser.safetensors", "--members", "--tile", "8",
+            "--tile-overlap", "2", "--quiet", "--overwrite"]
+    whole, chunked = workdir / "whole.nc", workdir / "chunked.nc"
+    assert run(*base, "-o", whole).exit_code == 0
+    result = run(*base, "--chunk", "2", "-o", chunked)
+    assert result.exit_code == 0, result.output
+    a, b = _variables(whole), _variables(chunked)
+    assert a.keys() == b.keys() and "sst_members" in a
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    wrapped = workdir / "wrapped.nc"
+    result = run(*base, "--wrap-lon", "-o", wrapped)
+    assert result.exit_code == 0, result.output
+    c = _variables(wrapped)
+    observed = c["sst_flag"] == 0
+    np.testing.assert_array_equal(c["sst"][observed], a["sst"][observed])
+    np.testing.assert_array_equal(np.isfinite(c["sst"]), np.isfinite(a["sst"]))
+    assert not np.array_equal(c["sst"], a["sst"], equal_nan=True)   # the seam now has context
+
+
+def test_bad_tiles_are_one_line(workdir):
+    result = run("impute", workdir / "obs.nc", "--tile", "8", "--tile-overlap", "4",
+                 "--checkpoint", workdir / "denoiser.safetensors", "-o", workdir / "x.nc")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith("ctxq: error: the tile overlap")
+    assert not (workdir / "x.nc").exists()

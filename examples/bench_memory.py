@@ -1,0 +1,111 @@
+"""Peak memory of ``ctxq impute`` on files of 1×, 4× and 16× the frames: it must stay flat.
+
+A smooth random field on a large grid (default 256×512, 16 frames for 1×) with clouds hiding
+30 % is written to NetCDF frame by frame; a small denoiser is trained on 64×64 patches of the
+1× file; then ``ctxq impute`` runs on each file as its own process, by tiles and time chunks,
+and its peak resident memory (``ru_maxrss`` of that process alone) is printed beside the file
+size and the wall time.
+
+    python examples/bench_memory.py                                   # 256×512, K = 4
+    python examples/bench_memory.py --grid 720,1440 --frames 30 --device cuda   # a global 0.25°
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from masks import cloud_mask  # noqa: E402
+
+
+def write_field(path: Path, frames: int, grid: tuple[int, int], seed: int) -> None:
+    """A drifting smooth field with cloud gaps, written one frame at a time (NaN = missing)."""
+    h, w = grid
+    rng = np.random.default_rng(seed)
+    ky, kx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None]
+    amp = np.exp(-(kx ** 2 + ky ** 2) * (min(h, w) / 6) ** 2)
+    a = (rng.normal(size=grid) + 1j * rng.normal(size=grid)) * amp
+    b = (rng.normal(size=grid) + 1j * rng.normal(size=grid)) * amp
+    scale = np.fft.ifft2(a).real.std()
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("time", None)
+        ds.createDimension("lat", h)
+        ds.createDimension("lon", w)
+        var = ds.createVariable("sst", "f4", ("time", "lat", "lon"), zlib=True,
+                                fill_value=np.float32(-9999), chunksizes=(1, h, w))
+        for t in range(frames):
+            phase = 2 * np.pi * t / 97
+            frame = np.fft.ifft2(np.cos(phase) * a + np.sin(phase) * b).real / scale
+            seen = cloud_mask((1, h, w), missing_fraction=0.3, correlation_length=12.0,
+                              rng=np.random.default_rng(seed * 100003 + t))[0]
+            var[t] = np.where(seen, frame, np.nan).astype(np.float32)
+
+
+def peak_rss(command: list[str]) -> tuple[float, float]:
+    """Run a command; return its own peak RSS (GiB) and wall seconds."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read() if proc.stderr else ""
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{err}")
+    return usage.ru_maxrss / 2**20, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", default="256,512")
+    parser.add_argument("--frames", type=int, default=16, help="frames of the 1× file")
+    parser.add_argument("--sizes", default="1,4,16")
+    parser.add_argument("--ensemble", type=int, default=4)
+    parser.add_argument("--tile", type=int, default=128)
+    parser.add_argument("--overlap", type=int, default=16)
+    parser.add_argument("--chunk", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    grid = tuple(int(g) for g in args.grid.split(","))
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="ctxq_memory_"))
+    work.mkdir(parents=True, exist_ok=True)
+    ctxq = [sys.executable, "-m", "ctxq_cli"]
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    for s in sizes:
+        write_field(work / f"obs_{s}x.nc", s * args.frames, grid, seed=1)
+    model = work / "denoiser.safetensors"
+    rss, secs = peak_rss(ctxq + ["train-denoiser", str(work / "obs_1x.nc"), "-o", str(model),
+                                 "--patch", "64", "--steps", "40", "--channels", "16,32",
+                                 "--device", args.device, "--overwrite", "--quiet"])
+    print(f"trained on {args.frames}×{grid[0]}×{grid[1]} patches: {secs:.0f} s, "
+          f"peak RSS {rss:.2f} GiB")
+
+    print(f"\nctxq impute, K = {args.ensemble}, tiles of {args.tile}, {args.chunk} frames per "
+          f"chunk, {args.device}\n")
+    print("| file | frames | input MiB | output MiB | wall s | peak RSS GiB |")
+    print("|---|---|---|---|---|---|")
+    for s in sizes:
+        src, out = work / f"obs_{s}x.nc", work / f"out_{s}x.nc"
+        rss, secs = peak_rss(ctxq + ["impute", str(src), "--checkpoint", str(model), "-o",
+                                     str(out), "--ensemble", str(args.ensemble), "--tile",
+                                     str(args.tile), "--tile-overlap", str(args.overlap),
+                                     "--chunk", str(args.chunk),
+                                     "--no-calibrate", "--device", args.device, "--overwrite",
+                                     "--quiet"])
+        print(f"| {s}× | {s * args.frames} | {src.stat().st_size / 2**20:.0f} | "
+              f"{out.stat().st_size / 2**20:.0f} | {secs:.0f} | {rss:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
