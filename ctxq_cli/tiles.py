@@ -89,6 +89,15 @@ def blend(total: np.ndarray, weights: np.ndarray, tile: Tile, values: np.ndarray
     ``weights`` (H, W) collects the weights; the blend is ``total / weights`` once every tile
     is in. Indices that wrap onto the same cell add up.
     """
+    if _contiguous(tile.rows) and _contiguous(tile.cols):   # the common case: plain slices
+        where = (..., slice(tile.rows[0], tile.rows[-1] + 1), slice(tile.cols[0],
+                                                                  tile.cols[-1] + 1))
+        if (tile.weight == 1).all():
+            total[where] += values
+        else:
+            total[where] += values * tile.weight
+        weights[where[1:]] += tile.weight
+        return
     rows, cols = np.meshgrid(tile.rows, tile.cols, indexing="ij")
     flat = (rows * total.shape[-1] + cols).ravel()
     lead = total.shape[:-2]
@@ -100,3 +109,8 @@ def blend(total: np.ndarray, weights: np.ndarray, tile: Tile, values: np.ndarray
         for i in np.ndindex(*lead):
             np.add.at(out[i], flat, contrib[i])
     np.add.at(weights.reshape(-1), flat, tile.weight.ravel())
+
+
+def _contiguous(index: np.ndarray) -> bool:
+    """Whether indices are one ascending run without wrap."""
+    return bool(index[-1] - index[0] + 1 == len(index) and (np.diff(index) == 1).all())
