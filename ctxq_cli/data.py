@@ -136,7 +136,7 @@ class Windows:
 
     def batch(self, indices: Tensor, generator: torch.Generator
               ) -> tuple[Tensor, Tensor, Tensor]:
-        """Windows ``indices`` (in [0, count)) as values, observed (B, F, h, w), domain (B, 1, h, w).
+        """Windows ``indices`` (in [0, count)): values, observed (B, F, h, w), domain (B, 1, h, w).
 
         On grids larger than the patch, each window is cropped at its own random corner; the
         crop is one gather on the device, with no round trip to the host.

@@ -13,8 +13,8 @@ the climatological standard deviation and they are listed in the result.
 
 from __future__ import annotations
 
-import logging
 import bisect
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any

@@ -709,10 +709,17 @@ def open_output(path: Path | str, template: Field, variables: Sequence[OutputVar
         else:
             import netCDF4
 
-            with netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
-                _define_netcdf(ds, template, variables, history)
-                writer.dataset = ds
-                yield writer
+            # Each chunk is written once, in order, so HDF5's chunk cache (64 MiB for every
+            # variable, filling as the file grows) would only hold memory.
+            previous = netCDF4.get_chunk_cache()
+            netCDF4.set_chunk_cache(1 << 20, 1, 1.0)
+            try:
+                with netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
+                    _define_netcdf(ds, template, variables, history)
+                    writer.dataset = ds
+                    yield writer
+            finally:
+                netCDF4.set_chunk_cache(*previous)
 
 
 def _write_npz(tmp: Path, template: Field, writer: OutputWriter) -> None:

@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from ctxq_cli import distributed, resume
 from ctxq_cli.data import Normalization, Windows
-from ctxq_cli.distributed import WindowSampler
 from ctxq_cli.diffusion import Denoiser, NoiseSchedule, context_query_loss, parameter_count
+from ctxq_cli.distributed import WindowSampler
 from ctxq_cli.errors import CtxqError, Interrupted
 from ctxq_cli.maskprior import (
     MaskPrior,

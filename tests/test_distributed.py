@@ -1,9 +1,10 @@
 """Data-parallel training: shards of the windows, identical weights on every rank, one writer."""
 
 import json
+import signal
 import subprocess
 import sys
-import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -117,3 +118,29 @@ def test_torchrun_train_denoiser_writes_once_and_logs_once(tmp_path):
     assert run.stderr.count("wrote ") == 1
     assert not (tmp_path / "d.resume.safetensors").exists()
     assert DenoiserModel.load(out).training["processes"] == 2
+
+
+def test_sigterm_to_torchrun_leaves_a_state_that_two_processes_resume(tmp_path):
+    values, observed = _field(tmp_path)
+    np.savez(tmp_path / "obs.npz", u=np.where(observed, values, np.nan))
+    out, log = tmp_path / "d.safetensors", tmp_path / "d.log.jsonl"
+    args = ["-m", "ctxq_cli", "train-denoiser", "obs.npz", "-o", str(out), "--channels", "8,16",
+            "--batch-size", "4", "--device", "cpu", "--resume"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", *args, "--steps", "100000"]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)          # what SLURM sends at the time limit
+    _, stderr = proc.communicate(timeout=120)
+    assert (tmp_path / "d.resume.safetensors").exists(), stderr[-2000:]
+    assert not out.exists()
+    stopped = len(log.read_text().splitlines())
+    run = _torchrun(*args, "--steps", str(stopped + 3), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == list(range(1, stopped + 4))
+    assert out.exists() and not (tmp_path / "d.resume.safetensors").exists()
