@@ -4,9 +4,12 @@ Ensemble member k tiles time with windows of W frames starting at offset k mod W
 frame is estimated once per member, from a different window position and context mask, at a
 cost of K/W denoiser passes per frame (windows clipped at the ends overlap; a frame then comes
 from the window where it sits most centrally). Member k's randomness comes from its own
-generator seeded by (seed, k, window start, stage), so on a given device it does not depend on
-the batch size. Observed cells are copied back from the input; cells outside the domain are
-NaN, except observed ones, which are kept as they are. Frames without any observation are
+generator seeded by (seed, k, window start, stage, tile), so on a given device it does not
+depend on the batch size nor on how time is cut into chunks. Large grids are filled by
+overlapping tiles blended smoothly (:mod:`ctxq_cli.tiles`); long records a chunk of frames at a
+time, read and returned chunk by chunk, so memory follows the chunk and the tile. Observed
+cells are copied back from the input; cells outside the domain are NaN, except observed ones,
+which are kept as they are. Frames without any observation are
 filled from the model's prior (and neighbouring frames in its window); their spread is at least
 the climatological standard deviation and they are listed in the result.
 """

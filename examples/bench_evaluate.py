@@ -65,7 +65,8 @@ def run_case(name: str, truth: np.ndarray, mask: str, args: argparse.Namespace,
     observed = make_mask(kind, truth.shape, np.random.default_rng(1), **params)[:, None]
     values = np.where(observed, truth[:, None], 0).astype(np.float32)
     domain = np.ones(truth.shape[-2:], bool)
-    opts = TrainOptions(steps=args.steps, seed=0, normalization=args.normalization)
+    opts = TrainOptions(steps=args.steps, seed=0, normalization=args.normalization,
+                        window=args.window)
     dev = torch.device("cpu")
     start = time.perf_counter()
     model = train_denoiser(values, observed, domain, [name], opts, dev, progress=False)
@@ -101,6 +102,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1500, help="ctxq training steps per case")
     p.add_argument("--ensemble", type=int, default=32)
     p.add_argument("--normalization", default="variable", choices=["variable", "cell"])
+    p.add_argument("--window", type=int, default=3, help="frames per training window")
     p.add_argument("--baselines", default="dineof,oi,linear")
     p.add_argument("--out", type=Path, default=None, help="folder for report.json and PNGs")
     args = p.parse_args()
