@@ -299,8 +299,13 @@ def _training(output: Path, log_file: Path | None, resume: bool, overwrite: bool
         with logs as log_io, stop_requests() as stop:
             control.should_stop = stop
             yield control, log_io, dev, progress and group.main
-    finally:
-        distributed.finish(group)
+    except Interrupted:
+        distributed.finish(group)      # a stop every rank agreed on: they all get here
+        raise
+    except BaseException:
+        distributed.finish(group, completed=False)
+        raise
+    distributed.finish(group)
 
 
 def _prepare_run(output: Path, log_file: Path | None, resume: bool, overwrite: bool,

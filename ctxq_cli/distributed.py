@@ -74,9 +74,16 @@ def start(device: torch.device) -> tuple[Group, torch.device]:
     return group, device
 
 
-def finish(group: Group) -> None:
-    """Leave the process group."""
+def finish(group: Group, completed: bool = True) -> None:
+    """Leave the process group; after a completed run, once every rank has got there.
+
+    The barrier keeps a fast rank from tearing down its connections while a slow one (rank 0
+    writing the checkpoint) still holds them, which gloo can answer with an abort. After an
+    error it is skipped: the other ranks may never arrive.
+    """
     if group.active and dist.is_initialized():
+        if completed:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -66,7 +66,7 @@ def run_case(name: str, truth: np.ndarray, mask: str, args: argparse.Namespace,
     values = np.where(observed, truth[:, None], 0).astype(np.float32)
     domain = np.ones(truth.shape[-2:], bool)
     opts = TrainOptions(steps=args.steps, seed=0, normalization=args.normalization,
-                        window=args.window)
+                        window=args.window, context_ratio=args.context_ratio)
     dev = torch.device("cpu")
     start = time.perf_counter()
     model = train_denoiser(values, observed, domain, [name], opts, dev, progress=False)
@@ -103,6 +103,8 @@ def main() -> None:
     p.add_argument("--ensemble", type=int, default=32)
     p.add_argument("--normalization", default="variable", choices=["variable", "cell"])
     p.add_argument("--window", type=int, default=3, help="frames per training window")
+    p.add_argument("--context-ratio", type=float, default=0.8,
+                   help="share of observed cells kept as context")
     p.add_argument("--baselines", default="dineof,oi,linear")
     p.add_argument("--out", type=Path, default=None, help="folder for report.json and PNGs")
     args = p.parse_args()
