@@ -423,7 +423,8 @@ def impute(
         if calibrate and steps == 1:
             lo = max(0, (source.frames - 48) // 2)
             sample_v, sample_o = source.read(lo, min(source.frames, lo + 48))
-            scale = calibrate_spread(model, sample_v, sample_o, dom, ensemble, seed, **options)
+            scale = calibrate_spread(model, sample_v, sample_o, dom, ensemble, seed,
+                                     chunk=frames_per_chunk, **options)
         specs = _output_variables(fld, ensemble if members else None)
         ever = np.zeros(fld.grid, bool)
         empty: list[int] = []

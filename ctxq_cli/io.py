@@ -437,6 +437,10 @@ def _mask_source(path: Path, source: FieldSource) -> Callable[[int, int], np.nda
 
                     return read
     whole = read_mask(path, names)
+    if whole.shape[0] not in (1, source.frames) or whole.shape[-2:] != source.grid:
+        raise CtxqError(f"{path}: mask shape ({whole.shape[0]}, {whole.shape[-2]}, "
+                        f"{whole.shape[-1]}) does not match data '{names[0]}' shape "
+                        f"({source.frames}, {source.grid[0]}, {source.grid[1]})")
     return lambda a, b: whole if whole.shape[0] == 1 else whole[a:b]
 
 
@@ -593,8 +597,14 @@ def check_output(path: Path | str, overwrite: bool, inputs: Sequence[Path | str 
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
-    """A temporary path beside ``path`` that replaces it only if the block succeeds."""
+def atomic_path(path: Path | str, writes_only: bool = True) -> Iterator[Path]:
+    """A temporary path beside ``path`` that replaces it only if the block succeeds.
+
+    With ``writes_only`` every OSError or RuntimeError of the block is a write failure and
+    becomes one line; a block that also computes (``writes_only=False``) marks its writes with
+    :func:`write_errors` instead, so that, say, running out of GPU memory is not reported as a
+    full disk.
+    """
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -604,17 +614,26 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     umask = os.umask(0)
     os.umask(umask)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide outputs from the group
-        os.replace(tmp, path)
+        with write_errors(path) if writes_only else contextlib.nullcontext():
+            yield Path(tmp)
+        with write_errors(path):
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide outputs from the group
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def write_errors(path: Path) -> Iterator[None]:
+    """Report a failed write to ``path`` in one line."""
+    try:
+        yield
     except (OSError, RuntimeError, SafetensorError) as exc:
         # netCDF4 and safetensors report a full disk as RuntimeError / SafetensorError
         reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
         raise CtxqError(f"{path}: cannot write ({reason}); nothing was written (is the disk "
                         "full or the location read-only?)") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @dataclass
@@ -658,8 +677,8 @@ def write_output(path: Path | str, template: Field, variables: Sequence[OutputVa
 class OutputWriter:
     """Receives an output's variables range of frames by range of frames (see open_output)."""
 
-    def __init__(self, template: Field, variables: Sequence[OutputVariable]) -> None:
-        self.template = template
+    def __init__(self, path: Path, template: Field, variables: Sequence[OutputVariable]) -> None:
+        self.path, self.template = path, template
         self.variables = {v.name: v for v in variables}
         self.attrs: dict[str, Any] = {}
         self.pending: dict[str, list[np.ndarray]] = {v.name: [] for v in variables}
@@ -682,13 +701,15 @@ class OutputWriter:
                     where[self.template.time_axis] = slice(start, start + member.shape[0])
                 if var.member_dim:
                     where.insert(0, i)
-                nc[tuple(where)] = encode(disk, np.isnan(disk), enc)
+                with write_errors(self.path):
+                    nc[tuple(where)] = encode(disk, np.isnan(disk), enc)
 
     def attributes(self, attrs: dict[str, Any]) -> None:
         """Global attributes to add (known, say, only once every frame is written)."""
         self.attrs.update(attrs)
         if self.dataset is not None:
-            self.dataset.setncatts(attrs)
+            with write_errors(self.path):
+                self.dataset.setncatts(attrs)
 
 
 @contextlib.contextmanager
@@ -701,11 +722,12 @@ def open_output(path: Path | str, template: Field, variables: Sequence[OutputVar
     ``path`` unless the block completes.
     """
     path = Path(path)
-    writer = OutputWriter(template, variables)
-    with atomic_path(path) as tmp:
+    writer = OutputWriter(path, template, variables)
+    with atomic_path(path, writes_only=False) as tmp:
         if path.suffix.lower() == ".npz":
             yield writer
-            _write_npz(tmp, template, writer)
+            with write_errors(path):
+                _write_npz(tmp, template, writer)
         else:
             import netCDF4
 
@@ -714,10 +736,15 @@ def open_output(path: Path | str, template: Field, variables: Sequence[OutputVar
             previous = netCDF4.get_chunk_cache()
             netCDF4.set_chunk_cache(1 << 20, 1, 1.0)
             try:
-                with netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
+                with write_errors(path):
+                    ds = netCDF4.Dataset(tmp, "w", format="NETCDF4")
                     _define_netcdf(ds, template, variables, history)
-                    writer.dataset = ds
+                writer.dataset = ds
+                try:
                     yield writer
+                finally:
+                    with write_errors(path):
+                        ds.close()
             finally:
                 netCDF4.set_chunk_cache(*previous)
 

@@ -202,12 +202,13 @@ def mask_prior_loss(model: MaskPrior, masks: Tensor, domain: Tensor | None,
     b, _, h, w = masks.shape
     dev = masks.device
     dom = _batch_domain(domain, b, h, w, dev)
-    m = model.config.multiple
+    config = getattr(model, "module", model).config   # the network inside a DDP wrapper
+    m = config.multiple
     dom, masks = _pad(dom, m), _pad(masks & dom, m)
     target = _one_hot(masks, torch.float32)                         # (B, F, 2, H', W')
     t = (torch.arange(b, device=dev) + _uniform((b,), generator, dev)) / b
     alpha, sigma = (v.view(-1, 1, 1, 1, 1) for v in alpha_sigma(t))
-    x = alpha * model.config.scale * target + sigma * _normal(target.shape, generator, dev)
+    x = alpha * config.scale * target + sigma * _normal(target.shape, generator, dev)
     probs = torch.softmax(model(x, t, dom), dim=2)
     err = ((probs - target) ** 2).sum(dim=2)                        # (B, F, H', W')
     inside = dom.to(err.dtype).expand_as(err)

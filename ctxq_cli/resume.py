@@ -156,6 +156,10 @@ def check_compatible(path: Path, state: TrainingState, options: dict[str, Any],
                         f"{state.options.get(first)!r}, now {options.get(first)!r} (only "
                         f"{', '.join(sorted(RESUMABLE_CHANGES))} may change; use --overwrite to "
                         f"start afresh)")
+    before, now = state.fingerprint.get("processes", 1), fingerprint.get("processes", 1)
+    if before != now:
+        raise CtxqError(f"{path}: cannot resume: the run was interrupted with {before} "
+                        f"process(es), now {now}; resume with the same number of processes")
     for key in sorted(set(fingerprint) | set(state.fingerprint)):
         if _jsonish(fingerprint.get(key)) != _jsonish(state.fingerprint.get(key)):
             raise CtxqError(f"{path}: cannot resume: the data differ from the interrupted "

@@ -59,10 +59,11 @@ def _ramp(length: int, overlap: int, low: bool, high: bool) -> np.ndarray:
 def axis_tiles(n: int, size: int | None, overlap: int,
                periodic: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
     """(indices, weights) of the tiles along one axis of ``n`` cells."""
-    if size is None or (size >= n and not periodic):
+    if not periodic and (size is None or size >= n):
         return [(np.arange(n), np.ones(n))]
-    if periodic and size >= n:
+    if size is None or size >= n:
         # One tile, widened by the overlap on both sides with cells from across the seam.
+        overlap = min(overlap, n // 2)
         idx = np.arange(-overlap, n + overlap) % n
         return [(idx, _ramp(len(idx), overlap, True, True))]
     stride = size - overlap

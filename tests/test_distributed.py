@@ -120,6 +120,17 @@ def test_torchrun_train_denoiser_writes_once_and_logs_once(tmp_path):
     assert DenoiserModel.load(out).training["processes"] == 2
 
 
+def test_torchrun_train_mask_prior(tmp_path):
+    values, observed = _field(tmp_path)
+    np.savez(tmp_path / "obs.npz", u=np.where(observed, values, np.nan))
+    out = tmp_path / "prior.safetensors"
+    run = _torchrun("-m", "ctxq_cli", "train-mask-prior", "obs.npz", "-o", str(out),
+                    "--steps", "3", "--channels", "8,16", "--batch-size", "4", "--device", "cpu",
+                    cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-6000:]
+    assert out.exists() and run.stderr.count("wrote ") == 1
+
+
 def test_sigterm_to_torchrun_leaves_a_state_that_two_processes_resume(tmp_path):
     values, observed = _field(tmp_path)
     np.savez(tmp_path / "obs.npz", u=np.where(observed, values, np.nan))

@@ -232,3 +232,23 @@ def test_outputs_get_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (target.stat().st_mode & 0o777) == 0o644
+
+
+def test_a_computation_failing_inside_an_output_is_not_called_a_write_failure(tmp_path):
+    values = np.zeros((3, 4, 5), np.float32)
+    fld = io.read_field(write_nc(tmp_path / "in.nc", values))
+    spec = [io.OutputVariable("sst", None, {})]
+    out = tmp_path / "out.nc"
+    with pytest.raises(RuntimeError, match="out of memory"):
+        with io.open_output(out, fld, spec, "h") as writer:
+            writer.write(0, {"sst": values[:1]})
+            raise RuntimeError("CUDA out of memory")
+    assert not out.exists() and not list(tmp_path.glob(".out.nc*"))
+
+
+def test_a_mask_with_another_number_of_frames_is_refused_before_any_work(tmp_path):
+    values = np.zeros((6, 4, 5), np.float32)
+    write_nc(tmp_path / "in.nc", values)
+    np.savez(tmp_path / "mask.npz", mask=np.ones((4, 4, 5), np.int8))
+    with pytest.raises(CtxqError, match=r"mask shape \(4, 4, 5\) does not match .*\(6, 4, 5\)"):
+        io.open_field(tmp_path / "in.nc", mask_path=tmp_path / "mask.npz")

@@ -53,3 +53,10 @@ def test_longitude_wraps_so_the_seam_is_interior():
 def test_bad_tilings_are_refused():
     with pytest.raises(ValueError, match="under half the tile size"):
         plan((64, 64), Tiling(size=16, overlap=8))
+
+
+def test_wrap_lon_without_a_tile_size_still_wraps():
+    ((rows, _),) = axis_tiles(10, None, 32)
+    assert list(rows) == list(range(10))
+    ((cols, w),) = axis_tiles(10, None, 32, periodic=True)
+    assert cols[0] == 5 and cols[-1] == 4 and len(cols) == 20   # half the grid on each side
