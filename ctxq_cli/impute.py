@@ -146,6 +146,10 @@ def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndar
     span = max(frames, win)       # a record shorter than the window is padded with gaps
     jobs = [_Job(s, k, first, stop) for k in range(ensemble)
             for s, first, stop in window_plan(span, win, k % win)]
+    by_start: dict[int, list[_Job]] = {}
+    for job in jobs:                       # in member order within each window
+        by_start.setdefault(job.start, []).append(job)
+    starts = sorted(by_start)
     step = chunk or span
     bar = tqdm(total=frames * len(tiles), desc="impute", disable=not progress, unit="frame",
                unit_scale=1 / len(tiles) if len(tiles) > 1 else 1)
@@ -157,8 +161,8 @@ def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndar
         b_pad = span if b == frames else b       # the last chunk also owns the padding
         # Single-step estimates are needed a window beyond the chunk to guide the sampler.
         reach = win - 1 if steps > 1 else 0
-        first_pass = _windows_owning(jobs, a - reach, b_pad + reach)
-        second_pass = _windows_owning(jobs, a, b_pad) if steps > 1 else []
+        first_pass = _windows_owning(by_start, starts, win, a - reach, b_pad + reach)
+        second_pass = _windows_owning(by_start, starts, win, a, b_pad) if steps > 1 else []
         lo = min(j.start for j in first_pass)
         hi = max(j.start + win for j in first_pass)
         values, observed = read(lo, min(hi, frames))
@@ -190,14 +194,18 @@ def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndar
                  float(np.mean(context.ratios)), min(context.ratios), max(context.ratios))
 
 
-def _windows_owning(jobs: list[_Job], a: int, b: int) -> list[_Job]:
+def _windows_owning(by_start: dict[int, list[_Job]], starts: list[int], window: int, a: int,
+                    b: int) -> list[_Job]:
     """All jobs of the windows in which some member supplies a frame of [a, b).
 
     Whole windows are kept, so a window's members go through the network in the same batches
-    whatever the chunk, and give the same values to the last bit.
+    whatever the chunk, and give the same values to the last bit. Only windows starting in
+    (a − window, b) can supply such a frame, found by bisection.
     """
-    starts = {j.start for j in jobs if j.start + j.first < b and j.start + j.stop > a}
-    return [j for j in jobs if j.start in starts]
+    near = starts[bisect.bisect_left(starts, a - window + 1):bisect.bisect_left(starts, b)]
+    return [j for s in near
+            if any(k.start + k.first < b and k.start + k.stop > a for k in by_start[s])
+            for j in by_start[s]]
 
 
 class _Context:
