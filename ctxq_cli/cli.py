@@ -212,10 +212,18 @@ def train_denoiser(
         min=1)] = None,
     channels: Annotated[str, typer.Option(help="U-Net widths per level.")] = "32,64,96",
     normalization: Annotated[str, typer.Option(
-        help="variable: one mean per variable; cell: remove each cell's temporal mean (its "
-             "climatology) first, for fields with a strong mean state (only this grid).")
-    ] = "variable",
+        help="cell: remove each cell's temporal mean (its climatology) first, as EOF methods "
+             "do; variable: one mean per variable (with --position-channels 0, the model then "
+             "fills other grids too).")
+    ] = "cell",
     stem_patch: StemPatchOpt = 2,
+    attention_heads: Annotated[int, typer.Option(
+        help="Self-attention heads over the coarsest level, so gaps are filled from "
+             "large-scale patterns (0: none; must divide the last --channels width).",
+        min=0)] = 4,
+    position_channels: Annotated[int, typer.Option(
+        help="Channels of a learned position map of the training grid (0: none; the model "
+             "then fills other grids too).", min=0)] = 8,
     steps: StepsOpt = 20000,
     max_minutes: MaxMinutesOpt = None,
     batch_size: BatchOpt = 8,
@@ -250,6 +258,9 @@ def train_denoiser(
         if (partition == "prior") != (mask_prior is not None):
             raise CtxqError("--partition prior and --mask-prior FILE go together")
         widths = _parse_channels(channels)
+        if attention_heads and widths[-1] % attention_heads:
+            raise CtxqError(f"--attention-heads {attention_heads} must divide the last "
+                            f"--channels width {widths[-1]}")
         with _training(output, log_file, resume, overwrite, [data, mask, domain, mask_prior],
                        device, progress) as (control, log_io, dev, progress):
             prior = None
@@ -262,7 +273,9 @@ def train_denoiser(
                 raise CtxqError(f"{data}: {fld.frames} frames, fewer than --window {window}")
             options = TrainOptions(window=window, partition=partition,
                                    context_ratio=context_ratio, block_size=block_size,
-                                   channels=widths, stem_patch=stem_patch, steps=steps,
+                                   channels=widths, stem_patch=stem_patch,
+                                   attention_heads=attention_heads,
+                                   position_channels=position_channels, steps=steps,
                                    max_minutes=max_minutes, batch_size=batch_size, lr=lr,
                                    patch=patch, val_fraction=val_fraction, seed=seed,
                                    checkpoint_every=checkpoint_every,

@@ -135,8 +135,9 @@ class Windows:
         return v, o
 
     def batch(self, indices: Tensor, generator: torch.Generator
-              ) -> tuple[Tensor, Tensor, Tensor]:
-        """Windows ``indices`` (in [0, count)): values, observed (B, F, h, w), domain (B, 1, h, w).
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Windows ``indices`` (in [0, count)): values, observed (B, F, h, w), domain (B, 1, h, w)
+        and the grid cells (B, 2, h, w) of a patch (None: the whole grid).
 
         On grids larger than the patch, each window is cropped at its own random corner; the
         crop is one gather on the device, with no round trip to the host.
@@ -148,7 +149,7 @@ class Windows:
         ph, pw = self.patch
         h, w = v.shape[-2:]
         if (ph, pw) == (h, w):
-            return v, o, d
+            return v, o, d, None
         gd = generator.device
         oy = torch.randint(0, h - ph + 1, (size, 1), generator=generator, device=gd).to(dev)
         ox = torch.randint(0, w - pw + 1, (size, 1), generator=generator, device=gd).to(dev)
@@ -160,7 +161,8 @@ class Windows:
             f = torch.arange(t.shape[1], device=dev)[None, :, None, None]
             return t[b, f, rows, cols]
 
-        return crop(v), crop(o), crop(d)
+        cells = torch.cat([rows.expand(-1, 1, ph, pw), cols.expand(-1, 1, ph, pw)], dim=1)
+        return crop(v), crop(o), crop(d), cells
 
     def sequential(self, stride: int) -> list[tuple[Tensor, Tensor, Tensor]]:
         """Non-random windows every ``stride`` frames (for validation), full grid."""

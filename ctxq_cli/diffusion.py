@@ -80,8 +80,12 @@ class Denoiser(nn.Module):
         """Network input channels for F field channels: values, context mask, domain."""
         return 2 * fields + 1
 
-    def forward(self, noisy: Tensor, sigma: Tensor, context: Tensor, domain: Tensor) -> Tensor:
-        """noisy, context: (B, F, H, W); sigma: (B,); domain: (B, 1, H, W) -> (B, F, H, W)."""
+    def forward(self, noisy: Tensor, sigma: Tensor, context: Tensor, domain: Tensor,
+                cells: Tensor | None = None) -> Tensor:
+        """noisy, context: (B, F, H, W); sigma: (B,); domain: (B, 1, H, W) -> (B, F, H, W).
+
+        ``cells`` (B, 2, H, W): the training-grid cells of a patch or tile (None: the grid).
+        """
         sd = self.sigma_data
         s = sigma.view(-1, 1, 1, 1)
         c_in = 1 / torch.sqrt(s ** 2 + sd ** 2)
@@ -89,7 +93,7 @@ class Denoiser(nn.Module):
         c_out = s * sd / torch.sqrt(s ** 2 + sd ** 2)
         ctx = context.to(noisy.dtype)
         x = torch.cat([c_in * noisy * ctx, ctx, domain.to(noisy.dtype)], dim=1)
-        out = self.net(x, torch.log(sigma) / 4)
+        out = self.net(x, torch.log(sigma) / 4, cells)
         return torch.where(context, c_skip * noisy + c_out * out, out)
 
 
@@ -101,12 +105,12 @@ def add_noise(values: Tensor, sigma: Tensor, generator: torch.Generator) -> Tens
 
 def context_query_loss(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Tensor,
                        partition: Partition, schedule: NoiseSchedule,
-                       generator: torch.Generator) -> Tensor:
+                       generator: torch.Generator, cells: Tensor | None = None) -> Tensor:
     """Mean squared error of the denoiser on query cells, given a noisy context."""
     context, query = partition.sample(observed, generator)
     sigma = schedule.sample(values.shape[0], generator, values.device)
     noisy = add_noise(values, sigma, generator) * context
-    pred = denoiser(noisy, sigma, context, domain)
+    pred = denoiser(noisy, sigma, context, domain, cells)
     q = query.to(pred.dtype)
     return ((pred - values) ** 2 * q).sum() / q.sum().clamp(min=1)
 
@@ -119,10 +123,11 @@ def _batched(fn: Callable[[slice], Tensor], total: int, batch: int) -> Tensor:
 @torch.no_grad()
 def single_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Tensor,
                 partition: Partition, sigma: float, generators: list[torch.Generator],
-                batch: int = 64) -> Tensor:
+                batch: int = 64, cells: Tensor | None = None) -> Tensor:
     """One denoiser pass per member, each with its own context mask and noise.
 
-    values, observed: (F, H, W); domain: (1, H, W); one generator per member.
+    values, observed: (F, H, W); domain: (1, H, W); cells (2, H, W) or None; one generator
+    per member.
     Returns (K, F, H, W) clean estimates.
     """
     k = len(generators)
@@ -134,7 +139,9 @@ def single_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Te
     ctx_t, noisy_t = torch.stack(ctx), torch.stack(noisy) * torch.stack(ctx)
     sig = torch.full((k,), sigma, device=values.device)
     dom = domain[None].expand(k, -1, -1, -1)
-    return _batched(lambda s: denoiser(noisy_t[s], sig[s], ctx_t[s], dom[s]), k, batch)
+    where = None if cells is None else cells[None].expand(k, -1, -1, -1)
+    return _batched(lambda s: denoiser(noisy_t[s], sig[s], ctx_t[s], dom[s],
+                                       None if where is None else where[s]), k, batch)
 
 
 def omega(progress: Tensor | float, shape: str = "linear") -> float:
@@ -147,7 +154,7 @@ def omega(progress: Tensor | float, shape: str = "linear") -> float:
 def multi_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Tensor,
                prior_mean: Tensor, partition: Partition, schedule: NoiseSchedule, steps: int,
                generators: list[torch.Generator], omega_shape: str = "linear",
-               batch: int = 64) -> Tensor:
+               batch: int = 64, cells: Tensor | None = None) -> Tensor:
     """Posterior samples by the blended RePaint-style sampler.
 
     values, observed, prior_mean: (F, H, W); domain (1, H, W). Returns (K, F, H, W).
@@ -162,6 +169,7 @@ def multi_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Ten
     obs = observed[None].expand(k, -1, -1, -1)
     x = torch.where(obs, values[None] + sigmas[0] * eps, sigmas[0] * eps)
     dom = domain[None].expand(k, -1, -1, -1)
+    where = None if cells is None else cells[None].expand(k, -1, -1, -1)
     inside = domain.bool()
     h, w = values.shape[-2:]
     for i in range(steps):
@@ -173,8 +181,8 @@ def multi_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Ten
             rolled = torch.roll(observed, shifts=(dy, dx), dims=(-2, -1)) & inside
             ctx.append(partition.sample(rolled[None], g)[0][0])
         ctx_t = torch.stack(ctx)
-        pred = _batched(lambda s, x=x, c=ctx_t, n=sigma.expand(k): denoiser(x[s] * c[s], n[s],
-                                                                          c[s], dom[s]), k, batch)
+        pred = _batched(lambda s, x=x, c=ctx_t, n=sigma.expand(k): denoiser(
+            x[s] * c[s], n[s], c[s], dom[s], None if where is None else where[s]), k, batch)
         w_t = omega(i / max(steps - 1, 1), omega_shape)
         x0 = w_t * pred + (1 - w_t) * prior_mean[None]
         x0 = torch.where(obs, values[None], x0)

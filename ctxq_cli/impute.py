@@ -139,7 +139,7 @@ def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndar
     win = model.window
     h, w = domain.shape
     try:
-        model.normalization.check_grid((h, w))
+        model.check_grid((h, w))
         tiles = plan((h, w), tiling)
     except ValueError as exc:
         raise CtxqError(f"{exc}") from None
@@ -249,6 +249,11 @@ class _Context:
         o = torch.from_numpy(pad_grid(seen, multiple)).to(dev)
         dom = torch.from_numpy(pad_grid(dom_t, multiple))[None].to(dev)
         hp, wp = v.shape[-2:]
+        cells = None
+        if model.denoiser.net.position is not None:   # padding cells look up cell (0, 0)
+            rows = torch.from_numpy(np.pad(tile.rows, (0, hp - th)))
+            cols = torch.from_numpy(np.pad(tile.cols, (0, wp - tw)))
+            cells = torch.stack(torch.meshgrid(rows, cols, indexing="ij")).to(dev)
         ensemble = 1 + max(j.member for j in first_pass)
         est = torch.zeros((ensemble, n, c, hp, wp), device=dev)
         partition = self.partition(dom_t)
@@ -269,14 +274,15 @@ class _Context:
 
         sigma = model.schedule.sigma_min
         run(first_pass, 0, lambda r, wv, wo, g: single_step(
-            self.denoiser, wv, wo, dom, partition, sigma, g, self.batch))
+            self.denoiser, wv, wo, dom, partition, sigma, g, self.batch, cells))
         if isinstance(partition, GuidedPriorPartition):
             self.ratios += partition.ratios
         if second_pass:
             prior_mean = est.mean(dim=0)
             run(second_pass, 1, lambda r, wv, wo, g: multi_step(
                 self.denoiser, wv, wo, dom, prior_mean[r:r + win].reshape(win * c, hp, wp),
-                model.partition, model.schedule, self.steps, g, self.omega_shape, self.batch))
+                model.partition, model.schedule, self.steps, g, self.omega_shape, self.batch,
+                cells))
         return est[..., :th, :tw].cpu().numpy()
 
 

@@ -107,6 +107,13 @@ class DenoiserModel:
         """(H, W) of the training grid."""
         return self.domain.shape[0], self.domain.shape[1]
 
+    def check_grid(self, grid: tuple[int, int]) -> None:
+        """Refuse a grid other than the training grid when the model is tied to it."""
+        self.normalization.check_grid(grid)
+        if self.denoiser.net.position is not None and tuple(grid) != self.grid:
+            raise ValueError(f"the model learned a position map on grid {self.grid}, and "
+                             f"cannot fill grid {tuple(grid)}")
+
     def metadata(self) -> dict[str, Any]:
         """The JSON document stored with the weights."""
         return {
@@ -146,7 +153,8 @@ class DenoiserModel:
         meta = ckpt.meta
         try:
             cfg = meta["model"]
-            config = UNetConfig(**{**cfg, "channels": tuple(cfg["channels"])})
+            config = UNetConfig(**{**cfg, "channels": tuple(cfg["channels"]),
+                                   "grid": tuple(cfg["grid"]) if cfg.get("grid") else None})
             denoiser = Denoiser(config, sigma_data=float(meta.get("sigma_data", 1.0)))
             denoiser.load_state_dict(ckpt.weights)
             pool = None

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ctxq_cli import distributed, resume
-from ctxq_cli.data import Normalization, Windows
+from ctxq_cli.data import Normalization, Windows, padded_size
 from ctxq_cli.diffusion import Denoiser, NoiseSchedule, context_query_loss, parameter_count
 from ctxq_cli.distributed import WindowSampler
 from ctxq_cli.errors import CtxqError, Interrupted
@@ -78,10 +78,12 @@ class TrainOptions(LoopOptions):
     overlap: float = 0.0
     channels: tuple[int, ...] = (32, 64, 96)
     stem_patch: int = 2
+    attention_heads: int = 4      # self-attention at the coarsest level (0: none)
+    position_channels: int = 8    # learned position map on the training grid (0: none)
     val_fraction: float = 0.1
     patch: int = 128
     low_noise_fraction: float = 0.8
-    normalization: str = "variable"   # or "cell": remove each cell's temporal mean first
+    normalization: str = "cell"   # or "variable": one mean per variable (any grid)
     pool_size: int = 512
     prior_steps: int = 10         # ODE steps per mask drawn from a mask prior
 
@@ -188,9 +190,14 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
     observed = observed & domain[None, None]  # cells outside the domain never take part
     norm = Normalization.fit(values, observed, per_cell=options.normalization == "cell")
     normed = norm.apply(values, observed)
+    multiple = 2 ** (len(options.channels) - 1) * options.stem_patch
+    grid = (padded_size(values.shape[-2], multiple), padded_size(values.shape[-1], multiple))
     config = UNetConfig(in_channels=Denoiser.input_channels(options.window * values.shape[1]),
                         out_channels=options.window * values.shape[1],
-                        channels=tuple(options.channels), patch=options.stem_patch)
+                        channels=tuple(options.channels), patch=options.stem_patch,
+                        attention_heads=options.attention_heads,
+                        position_channels=options.position_channels,
+                        grid=grid if options.position_channels else None)
     train_w, val_w = split_windows(normed, observed, domain, options, config.multiple, device)
     if mask_prior is not None and mask_prior.window != options.window:
         raise CtxqError(f"the mask prior's window ({mask_prior.window} frames) differs from "
@@ -212,8 +219,8 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
                             options.seed, control.group)
 
     def loss_fn(net: nn.Module, g: torch.Generator) -> Tensor:
-        v, o, d = train_w.batch(sampler.next(), g)
-        return context_query_loss(net, v, o, d, partition, schedule, g)
+        v, o, d, cells = train_w.batch(sampler.next(), g)
+        return context_query_loss(net, v, o, d, partition, schedule, g, cells)
 
     def validate(ema: nn.Module) -> float:
         return validation_loss(ema, val_w, partition, schedule, options.seed)
@@ -255,7 +262,7 @@ def train_mask_prior(observed: np.ndarray, domain: np.ndarray, options: MaskPrio
                             options.seed, control.group)
 
     def loss_fn(net: nn.Module, g: torch.Generator) -> Tensor:
-        _, o, d = train_w.batch(sampler.next(), g)
+        _, o, d, _ = train_w.batch(sampler.next(), g)
         return mask_prior_loss(net, o, d, g)
 
     @torch.no_grad()

@@ -5,7 +5,11 @@ temporal context at the cost of a single image pass (a 3-D network costs W times
 An optional space-to-depth stem folds p×p cells into channels, cutting the cost of the
 full-resolution level by p² on CPU. Each level holds residual blocks
 ``h ← h + conv(SiLU(FiLM(norm(conv(SiLU(norm(x)))))))`` whose FiLM scale and shift come from an
-embedding of the noise level.
+embedding of the noise level. An optional learned position map (a few channels per cell of the
+training grid) is appended to the input, so the network can learn what is fixed in space on a
+fixed grid: coasts, climatology, the spatial patterns of variability. Optional self-attention
+over the coarsest level lets every cell see the whole tile: a gap is then filled from
+large-scale patterns (the teleconnections EOF methods exploit), not only from its surroundings.
 
 Input (B, C_in, H, W) with H and W divisible by ``UNetConfig.multiple``; output (B, C_out, H, W).
 """
@@ -30,6 +34,9 @@ class UNetConfig:
     blocks_per_level: int = 1
     embedding: int = 64
     patch: int = 1       # space-to-depth factor of the stem: p×p cells become one position
+    attention_heads: int = 0   # self-attention at the coarsest level (0: none)
+    position_channels: int = 0   # learned channels per cell of the training grid (0: none)
+    grid: tuple[int, int] | None = None   # the (padded) training grid a position map covers
 
     @property
     def multiple(self) -> int:
@@ -69,6 +76,29 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.conv2(F.silu(h))
 
 
+class Attention(nn.Module):
+    """Multi-head self-attention over all positions, as a residual that starts at zero."""
+
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"{channels} channels do not split into {heads} attention heads")
+        self.heads = heads
+        self.norm = _norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C, H, W) -> (B, C, H, W)."""
+        b, c, h, w = x.shape
+        q, k, v = (self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
+                   .transpose(-1, -2).unbind(1))             # (B, heads, HW, C/heads) each
+        a = F.scaled_dot_product_attention(q, k, v)
+        return x + self.out(a.transpose(-1, -2).reshape(b, c, h, w))
+
+
 def noise_embedding(c_noise: Tensor, dim: int) -> Tensor:
     """Sinusoidal features of the (log) noise level: (B,) -> (B, dim)."""
     half = dim // 2
@@ -87,7 +117,14 @@ class UNet(nn.Module):
         self.embed = nn.Sequential(nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
         ch = config.channels
         p2 = config.patch ** 2
-        self.stem = nn.Conv2d(config.in_channels * p2, ch[0], 3, padding=1)
+        self.position = None
+        if config.position_channels:
+            if config.grid is None:
+                raise ValueError("a position map needs the training grid")
+            self.position = nn.Parameter(0.5 * torch.randn(config.position_channels,
+                                                           *config.grid))
+        self.stem = nn.Conv2d((config.in_channels + config.position_channels) * p2, ch[0], 3,
+                              padding=1)
         self.down = nn.ModuleList()
         self.up = nn.ModuleList()
         cin = ch[0]
@@ -96,6 +133,8 @@ class UNet(nn.Module):
                                             for i in range(config.blocks_per_level)]))
             cin = cout
         self.mid = ResBlock(ch[-1], ch[-1], e)
+        self.attention = (Attention(ch[-1], config.attention_heads)
+                          if config.attention_heads else None)
         for level in reversed(range(len(ch))):
             cout = ch[level]
             self.up.append(nn.ModuleList(
@@ -105,9 +144,25 @@ class UNet(nn.Module):
         self.head = nn.Sequential(_norm(ch[0]), nn.SiLU(),
                                   nn.Conv2d(ch[0], config.out_channels * p2, 3, padding=1))
 
-    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
-        """x: (B, C_in, H, W), c_noise: (B,) -> (B, C_out, H, W)."""
+    def positions(self, cells: Tensor | None, batch: int, size: tuple[int, int]) -> Tensor:
+        """The position map at ``cells`` (B, 2, H, W) row and column indices, or whole."""
+        assert self.position is not None
+        if cells is None:
+            if tuple(size) != tuple(self.position.shape[-2:]):
+                raise ValueError(f"grid {tuple(size)} is not the training grid "
+                                 f"{tuple(self.position.shape[-2:])} of the position map")
+            return self.position[None].expand(batch, -1, -1, -1)
+        return self.position[:, cells[:, 0], cells[:, 1]].transpose(0, 1)
+
+    def forward(self, x: Tensor, c_noise: Tensor, cells: Tensor | None = None) -> Tensor:
+        """x: (B, C_in, H, W), c_noise: (B,) -> (B, C_out, H, W).
+
+        ``cells`` (B, 2, H, W) says which cells of the training grid x covers (a patch or a
+        tile); None means the whole grid.
+        """
         emb = self.embed(noise_embedding(c_noise, self.config.embedding))
+        if self.position is not None:
+            x = torch.cat([x, self.positions(cells, len(x), x.shape[-2:]).to(x.dtype)], dim=1)
         if self.stem.weight.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)   # a GPU's tensor cores' layout
         p = self.config.patch
@@ -120,6 +175,8 @@ class UNet(nn.Module):
                 h = block(h, emb)
                 skips.append(h)
         h = self.mid(h, emb)
+        if self.attention is not None:
+            h = self.attention(h)
         for level, blocks in enumerate(self.up):
             if level > 0:
                 h = F.interpolate(h, scale_factor=2.0, mode="nearest")

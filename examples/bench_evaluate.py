@@ -66,7 +66,9 @@ def run_case(name: str, truth: np.ndarray, mask: str, args: argparse.Namespace,
     values = np.where(observed, truth[:, None], 0).astype(np.float32)
     domain = np.ones(truth.shape[-2:], bool)
     opts = TrainOptions(steps=args.steps, seed=0, normalization=args.normalization,
-                        window=args.window, context_ratio=args.context_ratio)
+                        window=args.window, context_ratio=args.context_ratio,
+                        attention_heads=args.attention_heads,
+                        position_channels=args.position_channels, val_fraction=args.val_fraction)
     dev = torch.device("cpu")
     start = time.perf_counter()
     model = train_denoiser(values, observed, domain, [name], opts, dev, progress=False)
@@ -99,9 +101,13 @@ def main() -> None:
     p.add_argument("--cases", default="kolmogorov-cloud30,kolmogorov-pixel10,a1b-cloud30,"
                                       "a1b-pixel10")
     p.add_argument("--frames", type=int, default=800, help="frames per record at most")
-    p.add_argument("--steps", type=int, default=1500, help="ctxq training steps per case")
+    p.add_argument("--steps", type=int, default=6000, help="ctxq training steps per case")
     p.add_argument("--ensemble", type=int, default=32)
-    p.add_argument("--normalization", default="variable", choices=["variable", "cell"])
+    p.add_argument("--normalization", default="cell", choices=["variable", "cell"])
+    p.add_argument("--attention-heads", type=int, default=4)
+    p.add_argument("--position-channels", type=int, default=8)
+    p.add_argument("--val-fraction", type=float, default=0.0,
+                   help="frames held out from training (the record's end) to monitor it")
     p.add_argument("--window", type=int, default=3, help="frames per training window")
     p.add_argument("--context-ratio", type=float, default=0.8,
                    help="share of observed cells kept as context")

@@ -1,9 +1,13 @@
 """Imputation: observed values untouched, domain respected, every frame covered, seeded."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from ctxq_cli.data import Normalization
+from ctxq_cli.errors import CtxqError
 from ctxq_cli.impute import impute_field, window_plan
 from ctxq_cli.tiles import Tiling, plan
 from ctxq_cli.train import TrainOptions, train_denoiser
@@ -171,3 +175,13 @@ def test_tile_borders_are_no_worse_than_tile_interiors():
     border_rmse = np.sqrt(np.mean(err[border & hidden] ** 2))
     interior_rmse = np.sqrt(np.mean(err[~border & hidden] ** 2))
     assert border_rmse <= interior_rmse, (border_rmse, interior_rmse)
+
+
+def test_a_model_with_a_position_map_refuses_another_grid(model):
+    values = smooth_field(4, 16, 24, seed=1)[:, None]
+    observed = np.ones(values.shape, bool)
+    norm = model.normalization       # a per-variable normalisation would allow another grid
+    tied = dataclasses.replace(model, normalization=Normalization(norm.mean, norm.std))
+    with pytest.raises(CtxqError, match="position map on grid"):
+        impute_field(tied, values, observed, np.ones((16, 24), bool), ensemble=2,
+                     progress=False)
