@@ -208,6 +208,21 @@ def _windows_owning(by_start: dict[int, list[_Job]], starts: list[int], window: 
             for j in by_start[s]]
 
 
+def tile_cells(tile: Tile, padded: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """Training-grid (row, col) of each cell of a padded tile: (2, *padded).
+
+    Padding cells continue the tile's last row and column, as the padding of the training
+    grid did, so a tile at the grid's edge sees the position map it was trained with.
+    """
+    def extend(index: np.ndarray, size: int, limit: int) -> torch.Tensor:
+        more = index[-1] + 1 + np.arange(size - len(index))
+        return torch.from_numpy(np.minimum(np.concatenate([index, more]), limit - 1))
+
+    rows = extend(tile.rows, padded[0], grid[0])
+    cols = extend(tile.cols, padded[1], grid[1])
+    return torch.stack(torch.meshgrid(rows, cols, indexing="ij"))
+
+
 class _Context:
     """What every tile of every chunk shares: the model on its device and the sampler options."""
 
@@ -249,11 +264,9 @@ class _Context:
         o = torch.from_numpy(pad_grid(seen, multiple)).to(dev)
         dom = torch.from_numpy(pad_grid(dom_t, multiple))[None].to(dev)
         hp, wp = v.shape[-2:]
-        cells = None
-        if model.denoiser.net.position is not None:   # padding cells look up cell (0, 0)
-            rows = torch.from_numpy(np.pad(tile.rows, (0, hp - th)))
-            cols = torch.from_numpy(np.pad(tile.cols, (0, wp - tw)))
-            cells = torch.stack(torch.meshgrid(rows, cols, indexing="ij")).to(dev)
+        position = model.denoiser.net.position
+        cells = None if position is None else tile_cells(tile, (hp, wp),
+                                                         position.shape[-2:]).to(dev)
         ensemble = 1 + max(j.member for j in first_pass)
         est = torch.zeros((ensemble, n, c, hp, wp), device=dev)
         partition = self.partition(dom_t)
