@@ -84,7 +84,8 @@ class Denoiser(nn.Module):
                 cells: Tensor | None = None) -> Tensor:
         """noisy, context: (B, F, H, W); sigma: (B,); domain: (B, 1, H, W) -> (B, F, H, W).
 
-        ``cells`` (B, 2, H, W): the training-grid cells of a patch or tile (None: the grid).
+        ``cells`` (B, 2, H, W) or (2, H, W): the training-grid cells of a patch or tile
+        (None: the grid).
         """
         sd = self.sigma_data
         s = sigma.view(-1, 1, 1, 1)
@@ -139,9 +140,7 @@ def single_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Te
     ctx_t, noisy_t = torch.stack(ctx), torch.stack(noisy) * torch.stack(ctx)
     sig = torch.full((k,), sigma, device=values.device)
     dom = domain[None].expand(k, -1, -1, -1)
-    where = None if cells is None else cells[None].expand(k, -1, -1, -1)
-    return _batched(lambda s: denoiser(noisy_t[s], sig[s], ctx_t[s], dom[s],
-                                       None if where is None else where[s]), k, batch)
+    return _batched(lambda s: denoiser(noisy_t[s], sig[s], ctx_t[s], dom[s], cells), k, batch)
 
 
 def omega(progress: Tensor | float, shape: str = "linear") -> float:
@@ -169,7 +168,6 @@ def multi_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Ten
     obs = observed[None].expand(k, -1, -1, -1)
     x = torch.where(obs, values[None] + sigmas[0] * eps, sigmas[0] * eps)
     dom = domain[None].expand(k, -1, -1, -1)
-    where = None if cells is None else cells[None].expand(k, -1, -1, -1)
     inside = domain.bool()
     h, w = values.shape[-2:]
     for i in range(steps):
@@ -182,7 +180,7 @@ def multi_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Ten
             ctx.append(partition.sample(rolled[None], g)[0][0])
         ctx_t = torch.stack(ctx)
         pred = _batched(lambda s, x=x, c=ctx_t, n=sigma.expand(k): denoiser(
-            x[s] * c[s], n[s], c[s], dom[s], None if where is None else where[s]), k, batch)
+            x[s] * c[s], n[s], c[s], dom[s], cells), k, batch)
         w_t = omega(i / max(steps - 1, 1), omega_shape)
         x0 = w_t * pred + (1 - w_t) * prior_mean[None]
         x0 = torch.where(obs, values[None], x0)

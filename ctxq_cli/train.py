@@ -7,6 +7,7 @@ periodically and when asked to stop, and resumes from them bit for bit on the sa
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -190,14 +191,15 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
     observed = observed & domain[None, None]  # cells outside the domain never take part
     norm = Normalization.fit(values, observed, per_cell=options.normalization == "cell")
     normed = norm.apply(values, observed)
-    multiple = 2 ** (len(options.channels) - 1) * options.stem_patch
-    grid = (padded_size(values.shape[-2], multiple), padded_size(values.shape[-1], multiple))
     config = UNetConfig(in_channels=Denoiser.input_channels(options.window * values.shape[1]),
                         out_channels=options.window * values.shape[1],
                         channels=tuple(options.channels), patch=options.stem_patch,
-                        attention_heads=options.attention_heads,
-                        position_channels=options.position_channels,
-                        grid=grid if options.position_channels else None)
+                        attention_heads=options.attention_heads)
+    if options.position_channels:   # the map covers the grid as Windows pads it
+        config = dataclasses.replace(
+            config, position_channels=options.position_channels,
+            grid=(padded_size(values.shape[-2], config.multiple),
+                  padded_size(values.shape[-1], config.multiple)))
     train_w, val_w = split_windows(normed, observed, domain, options, config.multiple, device)
     if mask_prior is not None and mask_prior.window != options.window:
         raise CtxqError(f"the mask prior's window ({mask_prior.window} frames) differs from "

@@ -145,20 +145,23 @@ class UNet(nn.Module):
                                   nn.Conv2d(ch[0], config.out_channels * p2, 3, padding=1))
 
     def positions(self, cells: Tensor | None, batch: int, size: tuple[int, int]) -> Tensor:
-        """The position map at ``cells`` (B, 2, H, W) row and column indices, or whole."""
+        """The position map (B, P, H, W) at ``cells``: row and column indices (B, 2, H, W),
+        or (2, H, W) shared by the batch, or None for the whole map."""
         assert self.position is not None
         if cells is None:
             if tuple(size) != tuple(self.position.shape[-2:]):
                 raise ValueError(f"grid {tuple(size)} is not the training grid "
                                  f"{tuple(self.position.shape[-2:])} of the position map")
             return self.position[None].expand(batch, -1, -1, -1)
+        if cells.dim() == 3:
+            return self.position[:, cells[0], cells[1]][None].expand(batch, -1, -1, -1)
         return self.position[:, cells[:, 0], cells[:, 1]].transpose(0, 1)
 
     def forward(self, x: Tensor, c_noise: Tensor, cells: Tensor | None = None) -> Tensor:
         """x: (B, C_in, H, W), c_noise: (B,) -> (B, C_out, H, W).
 
-        ``cells`` (B, 2, H, W) says which cells of the training grid x covers (a patch or a
-        tile); None means the whole grid.
+        ``cells`` (B, 2, H, W) or (2, H, W) says which cells of the training grid x covers (a
+        patch or a tile); None means the whole grid.
         """
         emb = self.embed(noise_embedding(c_noise, self.config.embedding))
         if self.position is not None:
