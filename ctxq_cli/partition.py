@@ -197,6 +197,11 @@ class MaskStructure:
     cluster_size: float            # mean length of missing runs along rows, in cells
 
     @property
+    def scattered(self) -> bool:
+        """Whether missing cells are nearly independent of their neighbours (pixel dropout)."""
+        return self.neighbour_correlation < 0.2
+
+    @property
     def block_size(self) -> int:
         """Block side matching the gaps: the mean missing run, within [2, 32] cells."""
         return int(np.clip(round(self.cluster_size), 2, 32))
@@ -242,7 +247,7 @@ def choose_partition(structure: MaskStructure, ratio: float,
     gaps. On Kolmogorov flow with 3×3 blocks and with clouds, ``block`` was at least as good as
     ``empirical`` (examples/bench_partitions.py), whose sparser contexts also fail on sparse masks.
     """
-    if structure.neighbour_correlation < 0.2:
+    if structure.scattered:
         return (PixelPartition(ratio=ratio, overlap=overlap),
                 f"missing cells are nearly independent ({structure.describe()})")
     size = structure.block_size

@@ -6,7 +6,9 @@ with one of three patterns:
 - ``mask`` (default, as DINCAE does): frames in random order take the gaps of another,
   randomly chosen frame, H_t = M_t ∧ ¬M_t', until |H| ≥ f·|M| — hidden cells then look like
   real gaps (clouds stay cloud-shaped). Needs masks that vary in time; a static mask falls back
-  to ``block``.
+  to ``block``. Scattered gaps (pixel dropout) fall back to ``pixel``, which hides cells just
+  as scattered: another frame's gaps would hide nearly all of a sparse frame (90 % of a frame
+  with 10 % observed), a much harder fill than the real one.
 - ``pixel``: each observed cell is hidden with probability f.
 - ``block``: square blocks of side b (the gaps' typical size) are hidden with the probability
   that hides a fraction f of the observed cells on average.
@@ -21,6 +23,7 @@ import logging
 import numpy as np
 
 from ctxq_cli.errors import CtxqError
+from ctxq_cli.partition import mask_structure
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,9 @@ def withhold(observed: np.ndarray, domain: np.ndarray, fraction: float, pattern:
                         f"not '{pattern}'")
     rng = np.random.default_rng(seed)
     cells = observed.any(axis=1) & domain[None]            # (T, H, W)
+    if pattern == "mask" and mask_structure(cells, domain).scattered:
+        log.info("the gaps are scattered cells; withholding scattered cells like them")
+        pattern = "pixel"
     if pattern == "mask":
         hidden = _like_real_gaps(cells, fraction, rng)
         if hidden is None:

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ctxq_cli import evaluation  # noqa: E402
 from ctxq_cli.impute import calibrate_spread, impute_field  # noqa: E402
+from ctxq_cli.model import DenoiserModel  # noqa: E402
 from ctxq_cli.plots import evaluation_figure  # noqa: E402
 from ctxq_cli.train import TrainOptions, train_denoiser  # noqa: E402
 
@@ -65,13 +66,20 @@ def run_case(name: str, truth: np.ndarray, mask: str, args: argparse.Namespace,
     observed = make_mask(kind, truth.shape, np.random.default_rng(1), **params)[:, None]
     values = np.where(observed, truth[:, None], 0).astype(np.float32)
     domain = np.ones(truth.shape[-2:], bool)
-    opts = TrainOptions(steps=args.steps, seed=0, normalization=args.normalization,
+    opts = TrainOptions(steps=args.steps, seed=args.seed, normalization=args.normalization,
                         window=args.window, context_ratio=args.context_ratio,
                         attention_heads=args.attention_heads,
                         position_channels=args.position_channels, val_fraction=args.val_fraction)
     dev = torch.device("cpu")
+    saved = args.models / f"{name}_{mask}.safetensors" if args.models else None
     start = time.perf_counter()
-    model = train_denoiser(values, observed, domain, [name], opts, dev, progress=False)
+    if saved is not None and saved.exists():
+        model = DenoiserModel.load(saved, dev)
+        print(f"{saved}: trained model reused ({model.step} steps)", flush=True)
+    else:
+        model = train_denoiser(values, observed, domain, [name], opts, dev, progress=False)
+        if saved is not None:
+            model.save(saved)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     scale = calibrate_spread(model, values, observed, domain, args.ensemble, 0, device=dev)
@@ -111,11 +119,16 @@ def main() -> None:
     p.add_argument("--window", type=int, default=3, help="frames per training window")
     p.add_argument("--context-ratio", type=float, default=0.8,
                    help="share of observed cells kept as context")
+    p.add_argument("--seed", type=int, default=0, help="ctxq training seed")
+    p.add_argument("--models", type=Path, default=None,
+                   help="folder of trained models: a case's model is reused when there, "
+                        "else trained and saved there (to re-score without retraining)")
     p.add_argument("--baselines", default="dineof,oi,linear")
     p.add_argument("--out", type=Path, default=None, help="folder for report.json and PNGs")
     args = p.parse_args()
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
+    for folder in (args.out, args.models):
+        if folder:
+            folder.mkdir(parents=True, exist_ok=True)
     print(f"CPU budget: {torch.get_num_threads()} threads; ctxq trains {args.steps} steps per "
           f"case (batch 8), K = {args.ensemble}", flush=True)
     rows = []

@@ -51,3 +51,13 @@ def test_static_mask_falls_back_to_blocks_and_bad_options_are_refused():
         withhold(observed, np.ones((24, 24), bool), 1.5)
     with pytest.raises(CtxqError, match="must be one of"):
         withhold(observed, np.ones((24, 24), bool), 0.1, "stripes")
+
+
+def test_mask_pattern_on_scattered_gaps_hides_scattered_cells_in_every_frame():
+    rng = np.random.default_rng(5)   # not the withholding seed: its stream would be this one
+    observed = (rng.random((40, 1, 32, 32)) < 0.1)           # 10 % observed at random
+    hidden = withhold(observed, np.ones((32, 32), bool), 0.1, "mask", seed=0)[:, 0]
+    kept = (observed[:, 0] & ~hidden).sum(axis=(1, 2)) / observed[:, 0].sum(axis=(1, 2))
+    # another frame's gaps would leave ~10 % of some frames; scattered withholding keeps ~90 %
+    assert kept.min() > 0.6, kept.min()
+    assert 0.06 < hidden.sum() / observed.sum() < 0.14
