@@ -534,7 +534,8 @@ def evaluate(
         help="Share of the observations to hide and score on (default 0.1 without --truth).",
         min=0, max=0.9)] = None,
     withhold_pattern: Annotated[str, typer.Option(
-        help="Shape of the hidden cells: mask (another frame's gaps), pixel or block.")
+        help="Shape of the hidden cells: mask (another frame's gaps; scattered cells when the "
+             "gaps are scattered), pixel or block.")
     ] = "mask",
     ensemble: Annotated[int, typer.Option(help="Ensemble members K.", min=1)] = 32,
     steps: Annotated[int, typer.Option(help="Sampler steps S.", min=1)] = 1,

@@ -109,7 +109,7 @@ def main() -> None:
     p.add_argument("--cases", default="kolmogorov-cloud30,kolmogorov-pixel10,a1b-cloud30,"
                                       "a1b-pixel10")
     p.add_argument("--frames", type=int, default=800, help="frames per record at most")
-    p.add_argument("--steps", type=int, default=6000, help="ctxq training steps per case")
+    p.add_argument("--steps", type=int, default=10000, help="ctxq training steps per case")
     p.add_argument("--ensemble", type=int, default=32)
     p.add_argument("--normalization", default="cell", choices=["variable", "cell"])
     p.add_argument("--attention-heads", type=int, default=4)

@@ -41,6 +41,11 @@ from ctxq_cli.train import TrainOptions, precision_dtype, train_denoiser  # noqa
 
 from masks import cloud_mask  # noqa: E402
 
+# The default network, and the one before attention and the position map (per-variable
+# normalisation), to measure what those cost side by side.
+NETWORKS = {"current": {},
+            "plain": {"attention_heads": 0, "position_channels": 0, "normalization": "variable"}}
+
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets.
 BF16_PEAK = {"H100 SXM": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 989e12,
              "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
@@ -133,6 +138,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", default="cpu,cuda")
     parser.add_argument("--grids", default="64,256")
+    parser.add_argument("--networks", default="current",
+                        help="comma-separated: current (the defaults), plain (no attention, "
+                             "no position map)")
     parser.add_argument("--channels", default="32,64,96")
     parser.add_argument("--stem-patch", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
@@ -156,13 +164,16 @@ def main() -> None:
         device = torch.device(name)
         label = torch.cuda.get_device_name(device) if name == "cuda" else \
             f"CPU, {torch.get_num_threads()} threads"
-        for size in (int(g) for g in args.grids.split(",")):
+        cases = [(size, net) for size in (int(g) for g in args.grids.split(","))
+                 for net in args.networks.split(",")]
+        for size, network in cases:
             steps = args.train_steps or (400 if name == "cuda" else 60)
             values, observed, domain = data(max(64, args.frames + 8), size)
             options = TrainOptions(steps=steps, channels=channels, stem_patch=args.stem_patch,
                                    batch_size=args.batch, patch=size, partition="block",
                                    val_every=10**9, checkpoint_every=0, warmup=5,
-                                   precision=args.precision, compile=args.compile)
+                                   precision=args.precision, compile=args.compile,
+                                   **NETWORKS[network])
             if name == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             rate, model = train_rate(values, observed, domain, options, device)
@@ -171,7 +182,8 @@ def main() -> None:
             flops = step_flops(model, options, size, device) if name == "cuda" else None
             peak = bf16_peak(label) if name == "cuda" else None
             achieved = flops * rate / args.batch if flops else None
-            row = {"device": label, "grid": size, "channels": list(channels),
+            row = {"device": label, "grid": size, "network": network,
+                   "channels": list(channels),
                    "batch": args.batch, "train_samples_per_s": rate,
                    "train_gib": train_mem, "step_gflop": flops and flops / 1e9,
                    "achieved_tflops": achieved and achieved / 1e12,
@@ -192,7 +204,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
 
     sampler = [int(x) for x in args.sampler_steps.split(",")]
-    head = ["device", "grid", "train samples/s", "TFLOP/s (bf16 peak)"]
+    head = ["device", "grid", "network", "train samples/s", "TFLOP/s (bf16 peak)"]
     head += [f"impute S={s}: s/frame (frames/s)" for s in sampler]
     head += ["peak GiB train / impute", "peak RSS GiB"]
     print(f"\nK = {args.ensemble}, {args.frames} frames per imputation, median of "
@@ -203,7 +215,8 @@ def main() -> None:
     for r in rows:
         flop = ("–" if r["achieved_tflops"] is None else
                 f"{r['achieved_tflops']:.1f} ({100 * (r['bf16_peak_fraction'] or 0):.1f} %)")
-        cells = [r["device"], f"{r['grid']}×{r['grid']}", f"{r['train_samples_per_s']:.0f}", flop]
+        cells = [r["device"], f"{r['grid']}×{r['grid']}", r["network"],
+                 f"{r['train_samples_per_s']:.0f}", flop]
         cells += [f"{r[f'impute_s{s}_s_per_frame']:.3f} ({r[f'impute_s{s}_frames_per_s']:.1f})"
                   for s in sampler]
         mem = [r["train_gib"]] + [r[f"impute_s{s}_gib"] for s in sampler]
