@@ -3,12 +3,16 @@
 For observation masks M_t (T frames) and a target fraction f, the hidden cells H ⊆ M are drawn
 with one of three patterns:
 
-- ``mask`` (default, as DINCAE does): frames in random order take the gaps of another,
-  randomly chosen frame, H_t = M_t ∧ ¬M_t', until |H| ≥ f·|M| — hidden cells then look like
-  real gaps (clouds stay cloud-shaped). Needs masks that vary in time; a static mask falls back
-  to ``block``. Scattered gaps (pixel dropout) fall back to ``pixel``, which hides cells just
-  as scattered: another frame's gaps would hide nearly all of a sparse frame (90 % of a frame
-  with 10 % observed), a much harder fill than the real one.
+- ``mask`` (default, after DINCAE): runs of ``RUN`` consecutive frames take the gaps of the
+  frames a random offset Δ away, H_t = M_t ∧ ¬M_(t+Δ mod T), until |H| ≥ f·|M| — hidden cells
+  then look like real gaps in space (clouds stay cloud-shaped) and in time (a cloud hidden at t
+  is hidden at t + 1 about as often as a real one is missing). Frame-by-frame donors would leave a
+  hidden cell visible in the neighbouring frames of a window, an easier fill than the real gaps:
+  on Kolmogorov flow under clouds it had 0.36 RMSE against 0.50 on the real gaps. Needs masks
+  that vary in time; a static mask falls back to ``block``. Scattered gaps (pixel dropout) fall
+  back to ``pixel``, which hides cells just as scattered: another frame's gaps would hide
+  nearly all of a sparse frame (90 % of a frame with 10 % observed), a much harder fill than
+  the real one.
 - ``pixel``: each observed cell is hidden with probability f.
 - ``block``: square blocks of side b (the gaps' typical size) are hidden with the probability
   that hides a fraction f of the observed cells on average.
@@ -28,6 +32,7 @@ from ctxq_cli.partition import mask_structure
 log = logging.getLogger(__name__)
 
 PATTERNS = ("mask", "pixel", "block")
+RUN = 16   # consecutive frames that take their gaps from frames at one offset
 
 
 def withhold(observed: np.ndarray, domain: np.ndarray, fraction: float, pattern: str = "mask",
@@ -58,23 +63,27 @@ def withhold(observed: np.ndarray, domain: np.ndarray, fraction: float, pattern:
 
 def _like_real_gaps(cells: np.ndarray, fraction: float,
                     rng: np.random.Generator) -> np.ndarray | None:
-    """Other frames' gaps laid on frames in random order until the fraction is reached."""
+    """Runs of frames take the gaps of the frames a random offset away, until the fraction."""
     t = len(cells)
-    total = int(cells.sum())
-    hidden = np.zeros_like(cells)
     if t < 2:
         return None
+    total = int(cells.sum())
+    hidden = np.zeros_like(cells)
+    taken = np.zeros(t, bool)
     count = 0
     useful = False
-    for frame in rng.permutation(t):
+    for start in rng.permutation(t):
         if count >= fraction * total:
             break
-        donor = int(rng.integers(t - 1))
-        donor += donor >= frame                             # any frame but this one
-        new = cells[frame] & ~cells[donor]
-        useful |= bool(new.any())
-        hidden[frame] = new
-        count += int(new.sum())
+        offset = 1 + int(rng.integers(t - 1))               # any frame but this one
+        for frame in range(start, min(start + RUN, t)):
+            if taken[frame] or count >= fraction * total:
+                continue
+            new = cells[frame] & ~cells[(frame + offset) % t]
+            useful |= bool(new.any())
+            hidden[frame] = new
+            taken[frame] = True
+            count += int(new.sum())
     return hidden if useful else None
 
 

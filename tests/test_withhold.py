@@ -61,3 +61,29 @@ def test_mask_pattern_on_scattered_gaps_hides_scattered_cells_in_every_frame():
     # another frame's gaps would leave ~10 % of some frames; scattered withholding keeps ~90 %
     assert kept.min() > 0.6, kept.min()
     assert 0.06 < hidden.sum() / observed.sum() < 0.14
+
+
+def _drifting_clouds(frames=60, size=32, seed=0):
+    """Blobs that drift one cell per frame (True = observed), as (T, 1, H, W)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    blobs = [(rng.integers(size), rng.integers(size), rng.integers(3, 7)) for _ in range(4)]
+    seen = np.ones((frames, size, size), bool)
+    for t in range(frames):
+        for cy, cx, r in blobs:
+            dy, dx = (yy - cy) % size, (xx - cx - t) % size
+            seen[t] &= np.minimum(dy, size - dy) ** 2 + np.minimum(dx, size - dx) ** 2 > r * r
+        if t % 15 == 14:                                     # clouds change now and then
+            blobs = [(rng.integers(size), rng.integers(size), rng.integers(3, 7))
+                     for _ in range(4)]
+    return seen[:, None]
+
+
+def test_mask_pattern_hides_gaps_that_persist_in_time_like_real_ones():
+    observed = _drifting_clouds()
+    hidden = withhold(observed, np.ones((32, 32), bool), 0.1, "mask", seed=3)[:, 0]
+    gaps = ~observed[:, 0]
+    real = (gaps[:-1] & gaps[1:]).sum() / gaps[:-1].sum()
+    # a hidden cell should stay unavailable in the next frame about as often as a real gap does
+    after = (hidden[:-1] & (hidden[1:] | gaps[1:])).sum() / hidden[:-1].sum()
+    assert after > 0.75 * real, (after, real)
