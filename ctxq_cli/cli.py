@@ -640,7 +640,6 @@ def _cross_validation(data: Path, truth: Path | None, mask: Path | None, var: li
     from ctxq_cli import evaluation, io
     from ctxq_cli.impute import calibrate_spread, impute_field
     from ctxq_cli.model import DenoiserModel
-    from ctxq_cli.partition import mask_structure
     from ctxq_cli.withhold import withhold as hide
 
     dev = _device(device)
@@ -652,8 +651,7 @@ def _cross_validation(data: Path, truth: Path | None, mask: Path | None, var: li
     fraction = withhold if withhold is not None else (0.0 if truth else 0.1)
     hidden = np.zeros_like(fld.observed)
     if fraction > 0:
-        block = mask_structure(fld.observed.any(axis=1), dom).block_size
-        hidden = hide(fld.observed, dom, fraction, pattern, seed, block)
+        hidden = hide(fld.observed, dom, fraction, pattern, seed)
         if not hidden.any():
             raise CtxqError(f"{data}: nothing to withhold (too few observations)")
     kept = fld.observed & ~hidden

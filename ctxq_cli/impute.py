@@ -31,7 +31,6 @@ from ctxq_cli.diffusion import multi_step, single_step
 from ctxq_cli.errors import CtxqError
 from ctxq_cli.maskprior import DEFAULT_CELL_WEIGHT, GuidedPriorPartition
 from ctxq_cli.model import DenoiserModel
-from ctxq_cli.partition import mask_structure
 from ctxq_cli.tiles import Tile, Tiling, blend, plan
 from ctxq_cli.withhold import withhold
 
@@ -343,8 +342,7 @@ def calibrate_spread(model: DenoiserModel, values: np.ndarray, observed: np.ndar
     lo = max(0, (t - frames) // 2)
     chunk = slice(lo, lo + frames)
     v, o = values[chunk], observed[chunk]
-    hidden = withhold(o, domain, fraction, "mask", seed + 7919,
-                      mask_structure(o.any(axis=1), domain).block_size)
+    hidden = withhold(o, domain, fraction, "mask", seed + 7919)
     if hidden.sum() < 50:
         log.warning("too few observations to calibrate the spread (%d hidden); left as is",
                     int(hidden.sum()))

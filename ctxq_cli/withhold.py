@@ -36,8 +36,8 @@ RUN = 16   # consecutive frames that take their gaps from frames at one offset
 
 
 def withhold(observed: np.ndarray, domain: np.ndarray, fraction: float, pattern: str = "mask",
-             seed: int = 0, block: int = 8) -> np.ndarray:
-    """Cells to hide, (T, C, H, W) bool ⊆ observed ∧ domain."""
+             seed: int = 0, block: int | None = None) -> np.ndarray:
+    """Cells to hide, (T, C, H, W) bool ⊆ observed ∧ domain (blocks sized like the gaps)."""
     if not 0 < fraction < 1:
         raise CtxqError(f"--withhold must be between 0 and 1, not {fraction}")
     if pattern not in PATTERNS:
@@ -45,7 +45,8 @@ def withhold(observed: np.ndarray, domain: np.ndarray, fraction: float, pattern:
                         f"not '{pattern}'")
     rng = np.random.default_rng(seed)
     cells = observed.any(axis=1) & domain[None]            # (T, H, W)
-    if pattern == "mask" and mask_structure(cells, domain).scattered:
+    structure = mask_structure(cells, domain)
+    if pattern == "mask" and structure.scattered:
         log.info("the gaps are scattered cells; withholding scattered cells like them")
         pattern = "pixel"
     if pattern == "mask":
@@ -57,7 +58,7 @@ def withhold(observed: np.ndarray, domain: np.ndarray, fraction: float, pattern:
     if pattern == "pixel":
         hidden = cells & (rng.random(cells.shape) < fraction)
     elif pattern == "block":
-        hidden = cells & _blocks(cells.shape, block, fraction, rng)
+        hidden = cells & _blocks(cells.shape, block or structure.block_size, fraction, rng)
     return observed & hidden[:, None]
 
 
@@ -67,17 +68,19 @@ def _like_real_gaps(cells: np.ndarray, fraction: float,
     t = len(cells)
     if t < 2:
         return None
-    total = int(cells.sum())
+    target = fraction * int(cells.sum())
     hidden = np.zeros_like(cells)
     taken = np.zeros(t, bool)
     count = 0
     useful = False
     for start in rng.permutation(t):
-        if count >= fraction * total:
+        if count >= target:
             break
         offset = 1 + int(rng.integers(t - 1))               # any frame but this one
         for frame in range(start, min(start + RUN, t)):
-            if taken[frame] or count >= fraction * total:
+            if count >= target:
+                break
+            if taken[frame]:
                 continue
             new = cells[frame] & ~cells[(frame + offset) % t]
             useful |= bool(new.any())
