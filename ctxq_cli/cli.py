@@ -302,6 +302,7 @@ def _training(output: Path, log_file: Path | None, resume: bool, overwrite: bool
     from ctxq_cli.train import open_log
 
     group, dev = distributed.start(_device(device))
+    new_log = None      # a log this run created, removed if the run fails before writing to it
     try:
         if not group.main:
             logging.getLogger().setLevel(logging.WARNING)
@@ -309,6 +310,7 @@ def _training(output: Path, log_file: Path | None, resume: bool, overwrite: bool
         control.group = group
         log.info("training on %s%s", dev, f", {group.world} processes" if group.active else "")
         logs = open_log(log_path, append) if group.main else contextlib.nullcontext()
+        new_log = log_path if group.main and not append else None
         with logs as log_io, stop_requests() as stop:
             control.should_stop = stop
             yield control, log_io, dev, progress and group.main
@@ -316,6 +318,8 @@ def _training(output: Path, log_file: Path | None, resume: bool, overwrite: bool
         distributed.finish(group)      # a stop every rank agreed on: they all get here
         raise
     except BaseException:
+        if new_log is not None and new_log.exists() and new_log.stat().st_size == 0:
+            new_log.unlink()           # bad input found after the log was opened
         distributed.finish(group, completed=False)
         raise
     distributed.finish(group)

@@ -176,6 +176,13 @@ def test_a_full_disk_fails_in_one_line_and_leaves_nothing(workdir, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("command", ["train-denoiser", "train-mask-prior"])
+def test_training_on_a_missing_variable_leaves_nothing(workdir, tmp_path, command):
+    result = run(command, workdir / "obs.nc", "--var", "chl", "-o", tmp_path / "m.safetensors")
+    assert result.exit_code == 1 and "no variable 'chl'" in result.output
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
                     reason="permissions do not bind root")
 def test_a_read_only_directory_fails_in_one_line(workdir, tmp_path):
