@@ -14,8 +14,8 @@ imputed through ``impute_field`` with K members and S = 1 and S = 20 sampler ste
   a CPU (cumulative, so read it as an upper bound).
 
     python examples/bench_speed.py                          # CPU (and CUDA if present)
-    python examples/bench_speed.py --devices cuda --channels 128,256,384 --stem-patch 1 \\
-        --batch 64 --compile                                # a wide network for the FLOP target
+    python examples/bench_speed.py --devices cuda --grids 256 --channels 256,512,768 \\
+        --stem-patch 1 --batch 16 --compile                 # a wide network for the FLOP target
 """
 
 from __future__ import annotations
