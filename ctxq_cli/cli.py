@@ -308,7 +308,6 @@ def _training(output: Path, log_file: Path | None, resume: bool, overwrite: bool
             logging.getLogger().setLevel(logging.WARNING)
         control, log_path, append = _prepare_run(output, log_file, resume, overwrite, inputs)
         control.group = group
-        log.info("training on %s%s", dev, f", {group.world} processes" if group.active else "")
         logs = open_log(log_path, append) if group.main else contextlib.nullcontext()
         new_log = log_path if group.main and not append else None
         with logs as log_io, stop_requests() as stop:

@@ -327,6 +327,7 @@ def optimise(network: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator],
     """
     group = control.group
     device = next(network.parameters()).device
+    log.info("training on %s%s", device, f", {group.world} processes" if group.active else "")
     if device.type == "cuda":
         network.to(memory_format=torch.channels_last)
     trained: nn.Module = network

@@ -180,6 +180,7 @@ def test_a_full_disk_fails_in_one_line_and_leaves_nothing(workdir, tmp_path):
 def test_training_on_a_missing_variable_leaves_nothing(workdir, tmp_path, command):
     result = run(command, workdir / "obs.nc", "--var", "chl", "-o", tmp_path / "m.safetensors")
     assert result.exit_code == 1 and "no variable 'chl'" in result.output
+    assert result.output.strip().count("\n") == 0      # the error alone, no info line before
     assert os.listdir(tmp_path) == []
 
 
