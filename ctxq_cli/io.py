@@ -303,6 +303,8 @@ def _netcdf_source(path: Path, requested: Sequence[str] | None,
                                 for a in attrs],
                      coords=coords, global_attrs=global_attrs, unlimited=unlimited)
 
+    reported: set[str] = set()   # variables whose out-of-range values were reported
+
     def read(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
         values, missing = [], []
         with _open_netcdf(path) as ds:
@@ -315,9 +317,13 @@ def _netcdf_source(path: Path, requested: Sequence[str] | None,
                 dec = _decode(path, name, _read_slice(path, var, where), var_attrs)
                 values.append(to_internal(dec.values, time_axis))
                 missing.append(to_internal(dec.missing, time_axis))
-                if dec.counts.get("out_of_range"):
-                    log.info("%s: %s: %d values outside the valid range treated as missing",
-                             path, name, dec.counts["out_of_range"])
+                if dec.counts.get("out_of_range") and name not in reported:
+                    reported.add(name)    # once per variable, not once per chunk
+                    whole = (a, b) == (0, frames)
+                    log.info("%s: %s: %d values outside the valid range%s treated as missing%s",
+                             path, name, dec.counts["out_of_range"],
+                             "" if whole else f" in frames {a}–{b - 1}",
+                             "" if whole else " (later frames are not reported)")
         return np.stack(values, axis=1), ~np.stack(missing, axis=1)
 
     return FieldSource(template=template, frames=frames, reader=read)

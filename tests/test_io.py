@@ -252,3 +252,20 @@ def test_a_mask_with_another_number_of_frames_is_refused_before_any_work(tmp_pat
     np.savez(tmp_path / "mask.npz", mask=np.ones((4, 4, 5), np.int8))
     with pytest.raises(CtxqError, match=r"mask shape \(4, 4, 5\) does not match .*\(6, 4, 5\)"):
         io.open_field(tmp_path / "in.nc", mask_path=tmp_path / "mask.npz")
+
+
+def test_values_out_of_range_are_reported_once_per_variable_not_per_chunk(tmp_path, caplog):
+    values = np.zeros((6, 4, 4), np.float32)
+    values[[0, 3, 5], 1, 1] = 50.0            # beyond valid_max, in three chunks of two
+    path = write_nc(tmp_path / "obs.nc", values, extra={"valid_max": np.float32(10)})
+    source = io.open_field(path)
+    with caplog.at_level("INFO", logger="ctxq_cli.io"):
+        observed = np.concatenate([source.read(a, a + 2)[1] for a in (0, 2, 4)])
+    assert observed.sum() == values.size - 3          # all three treated as missing
+    lines = [r.getMessage() for r in caplog.records if "valid range" in r.getMessage()]
+    assert len(lines) == 1 and "frames 0–1" in lines[0]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="ctxq_cli.io"):
+        io.read_field(path)
+    lines = [r.getMessage() for r in caplog.records if "valid range" in r.getMessage()]
+    assert len(lines) == 1 and "3 values" in lines[0] and "frames" not in lines[0]
