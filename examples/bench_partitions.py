@@ -134,8 +134,9 @@ def main() -> None:
     test = simulate(args.test_trajectories, args.test_frames, seed=args.test_seed)
     test = test.reshape(-1, 64, 64)
     print(f"data: {len(train)} training and {len(test)} test frames of 64×64 in "
-          f"{time.perf_counter() - t0:.0f} s; training budget {args.minutes} min per model on "
-          f"{torch.get_num_threads()} CPU threads", flush=True)
+          f"{time.perf_counter() - t0:.0f} s; training budget "
+          f"{f'{args.train_steps} steps' if args.train_steps else f'{args.minutes} min'} per "
+          f"model on {torch.get_num_threads()} CPU threads", flush=True)
 
     rows, results = [], []
     truth = test[:, None]
