@@ -437,8 +437,10 @@ def impute(
                    "guidance_weight": guidance_weight, "tiling": tiling}
         scale = 1.0
         if calibrate and steps == 1:
-            lo = max(0, (source.frames - 48) // 2)
-            sample_v, sample_o = source.read(lo, min(source.frames, lo + 48))
+            from ctxq_cli.withhold import CALIBRATION_FRAMES
+
+            lo = max(0, (source.frames - CALIBRATION_FRAMES) // 2)   # the frames it uses
+            sample_v, sample_o = source.read(lo, min(source.frames, lo + CALIBRATION_FRAMES))
             scale = calibrate_spread(model, sample_v, sample_o, dom, ensemble, seed,
                                      chunk=frames_per_chunk, **options)
         specs = _output_variables(fld, ensemble if members else None)

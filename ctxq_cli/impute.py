@@ -32,7 +32,7 @@ from ctxq_cli.errors import CtxqError
 from ctxq_cli.maskprior import DEFAULT_CELL_WEIGHT, GuidedPriorPartition
 from ctxq_cli.model import DenoiserModel
 from ctxq_cli.tiles import Tile, Tiling, blend, plan
-from ctxq_cli.withhold import withhold
+from ctxq_cli.withhold import calibration_cells, mask_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -328,32 +328,31 @@ def _finish(model: DenoiserModel, est: np.ndarray, values: np.ndarray, observed:
 
 
 def calibrate_spread(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
-                     domain: np.ndarray, ensemble: int = 32, seed: int = 0, frames: int = 48,
-                     fraction: float = 0.1, **options: Any) -> float:
+                     domain: np.ndarray, ensemble: int = 32, seed: int = 0,
+                     **options: Any) -> float:
     """Factor that makes the ensemble spread match its error on withheld observations.
 
     A single-step ensemble varies only through its context masks, so its spread is narrower
-    than the error of its mean. On up to ``frames`` consecutive frames from the middle of the
-    record, a ``fraction`` of the observations shaped like the real gaps is hidden and imputed
-    the same way (``options`` go to :func:`impute_field`); the factor is
-    sqrt(mean error² / mean spread²) on the hidden cells.
+    than the error of its mean. In the middle frames of the record, a share of the observations
+    shaped like the real gaps is hidden (:func:`calibration_cells`, the cells training kept out
+    when this is its record) and imputed the same way (``options`` go to
+    :func:`impute_field`); the factor is sqrt(mean error² / mean spread²) on the hidden cells.
     """
-    t = values.shape[0]
-    lo = max(0, (t - frames) // 2)
-    chunk = slice(lo, lo + frames)
-    v, o = values[chunk], observed[chunk]
-    hidden = withhold(o, domain, fraction, "mask", seed + 7919)
-    if hidden.sum() < 50:
-        log.warning("too few observations to calibrate the spread (%d hidden); left as is",
-                    int(hidden.sum()))
+    frames, hidden = calibration_cells(observed, domain)
+    if hidden is None:
+        log.warning("too few observations to calibrate the spread; left as is")
         return 1.0
+    v, o = values[frames], observed[frames]
     kept = o & ~hidden
     trial = impute_field(model, np.where(kept, v, 0), kept, domain, ensemble, 1, seed,
                          progress=False, **options)
     err2 = float(np.mean((trial.mean[hidden] - v[hidden]).astype(np.float64) ** 2))
     spread2 = float(np.mean(trial.std[hidden].astype(np.float64) ** 2))
     scale = float(np.sqrt(err2 / spread2)) if spread2 > 0 else 1.0
-    log.info("spread calibrated on %d withheld observations: ×%.2f", int(hidden.sum()), scale)
+    held = model.training.get("calibration_holdout", {}).get("fingerprint")
+    unseen = held == mask_fingerprint(o, domain)
+    log.info("spread calibrated on %d withheld observations%s: ×%.2f", int(hidden.sum()),
+             " (kept out of training)" if unseen else "", scale)
     return scale
 
 

@@ -45,6 +45,7 @@ from ctxq_cli.partition import (
     mask_structure,
 )
 from ctxq_cli.unet import UNetConfig
+from ctxq_cli.withhold import calibration_cells, mask_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,7 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
     torch.manual_seed(options.seed)
     gen = torch.Generator(device=device).manual_seed(options.seed)
     observed = observed & domain[None, None]  # cells outside the domain never take part
+    observed, holdout = _hold_out_calibration_cells(observed, domain)
     norm = Normalization.fit(values, observed, per_cell=options.normalization == "cell")
     normed = norm.apply(values, observed)
     config = UNetConfig(in_channels=Denoiser.input_channels(options.window * values.shape[1]),
@@ -236,10 +238,26 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
     ema, summary = optimise(denoiser, loss_fn, options, gen, validate if val_w else None,
                             fingerprint, control, log_file, progress, sampler)
     summary["partition_reason"] = why
+    if holdout:
+        summary["calibration_holdout"] = holdout
     return DenoiserModel(denoiser=ema, schedule=schedule, normalization=norm, partition=partition,
                          variables=list(variables), window=options.window, domain=domain,
                          step=summary["steps_done"], training=summary,
                          mask_prior=mask_prior if partition.name == "prior" else None)
+
+
+def _hold_out_calibration_cells(observed: np.ndarray, domain: np.ndarray
+                                ) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """Observations less the cells impute will calibrate its spread on, and what was held."""
+    frames, hidden = calibration_cells(observed, domain)
+    if hidden is None:
+        return observed, None
+    kept = observed.copy()
+    kept[frames] &= ~hidden
+    log.info("%d observations of frames %d-%d kept out of training: impute calibrates its "
+             "spread on them", int(hidden.sum()), frames.start, frames.stop - 1)
+    return kept, {"frames": [frames.start, frames.stop], "cells": int(hidden.sum()),
+                  "fingerprint": mask_fingerprint(observed[frames], domain)}
 
 
 def train_mask_prior(observed: np.ndarray, domain: np.ndarray, options: MaskPriorOptions,

@@ -18,10 +18,17 @@ with one of three patterns:
   that hides a fraction f of the observed cells on average.
 
 All variables of a cell are hidden together. Seeded: the same seed hides the same cells.
+
+The spread calibration of ``impute`` hides cells of the middle frames of its input
+(:func:`calibration_cells`); ``train-denoiser`` keeps the same cells of its record out of
+training. A network that had trained on them would fill them better than real gaps, and the
+calibrated spread would come out too narrow (on 240 frames of A1B temperature with 10 % of
+cells observed: a factor of 1.36 where the real gaps asked for 1.94).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import numpy as np
@@ -33,6 +40,10 @@ log = logging.getLogger(__name__)
 
 PATTERNS = ("mask", "pixel", "block")
 RUN = 16   # consecutive frames that take their gaps from frames at one offset
+CALIBRATION_FRAMES = 48      # frames of the middle of a record the spread is calibrated on
+CALIBRATION_FRACTION = 0.1   # share of their observations hidden
+CALIBRATION_SEED = 7919
+MIN_CALIBRATION_CELLS = 50   # fewer hidden cells than this calibrate nothing
 
 
 def withhold(observed: np.ndarray, domain: np.ndarray, fraction: float, pattern: str = "mask",
@@ -52,14 +63,32 @@ def withhold(observed: np.ndarray, domain: np.ndarray, fraction: float, pattern:
     if pattern == "mask":
         hidden = _like_real_gaps(cells, fraction, rng)
         if hidden is None:
-            log.warning("the observation mask does not change in time; withholding blocks "
-                        "instead of other frames' gaps")
+            log.info("the observation mask does not change in time; withholding blocks "
+                     "instead of other frames' gaps")
             pattern = "block"
     if pattern == "pixel":
         hidden = cells & (rng.random(cells.shape) < fraction)
     elif pattern == "block":
         hidden = cells & _blocks(cells.shape, block or structure.block_size, fraction, rng)
     return observed & hidden[:, None]
+
+
+def calibration_cells(observed: np.ndarray, domain: np.ndarray
+                      ) -> tuple[slice, np.ndarray | None]:
+    """The frames the spread is calibrated on and the cells hidden there (None: too few)."""
+    lo = max(0, (len(observed) - CALIBRATION_FRAMES) // 2)
+    frames = slice(lo, min(len(observed), lo + CALIBRATION_FRAMES))
+    hidden = withhold(observed[frames], domain, CALIBRATION_FRACTION, "mask", CALIBRATION_SEED)
+    return frames, hidden if hidden.sum() >= MIN_CALIBRATION_CELLS else None
+
+
+def mask_fingerprint(observed: np.ndarray, domain: np.ndarray) -> str:
+    """A short hash of a mask inside a domain: equal hashes hide equal calibration cells."""
+    digest = hashlib.sha256()
+    for part in (np.asarray(observed.shape), np.packbits(observed & domain),
+                 np.packbits(domain)):
+        digest.update(np.ascontiguousarray(part).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _like_real_gaps(cells: np.ndarray, fraction: float,

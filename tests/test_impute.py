@@ -8,20 +8,26 @@ import torch
 
 from ctxq_cli.data import Normalization
 from ctxq_cli.errors import CtxqError
-from ctxq_cli.impute import impute_field, tile_cells, window_plan
+from ctxq_cli.impute import calibrate_spread, impute_field, tile_cells, window_plan
 from ctxq_cli.tiles import Tiling, plan
 from ctxq_cli.train import TrainOptions, train_denoiser
 
 from conftest import smooth_field
 
 
-@pytest.fixture(scope="module")
-def model():
+def _model_data():
+    """The record the ``model`` fixture trains on: values (0 in gaps), observed, domain."""
     values = smooth_field(30, 16, 16, seed=3)[:, None]
     observed = np.random.default_rng(0).random(values.shape) < 0.5
     domain = np.ones((16, 16), bool)
     domain[:3, :3] = False
-    return train_denoiser(np.where(observed, values, 0), observed, domain, ["sst"],
+    return np.where(observed, values, 0), observed, domain
+
+
+@pytest.fixture(scope="module")
+def model():
+    values, observed, domain = _model_data()
+    return train_denoiser(values, observed, domain, ["sst"],
                           TrainOptions(steps=20, channels=(8, 16), batch_size=4, window=3),
                           torch.device("cpu"), progress=False)
 
@@ -194,3 +200,15 @@ def test_a_whole_grid_tile_sees_the_position_map_it_was_trained_with():
     assert torch.equal(cells, torch.stack([rows, cols]))
     edge = tile_cells(plan((37, 49), Tiling(size=16, overlap=4))[-1], (16, 16), (40, 56))
     assert int(edge.max()) <= 55 and int(edge[0].min()) == 21
+
+
+def test_the_spread_is_calibrated_on_cells_training_kept_out(model, caplog):
+    values, observed, domain = _model_data()
+    with caplog.at_level("INFO", logger="ctxq_cli.impute"):
+        scale = calibrate_spread(model, values, observed, domain, ensemble=4)
+    assert scale > 0 and "(kept out of training)" in caplog.text
+    caplog.clear()
+    other = np.random.default_rng(1).random(observed.shape) < 0.5   # not the training record
+    with caplog.at_level("INFO", logger="ctxq_cli.impute"):
+        calibrate_spread(model, np.where(other, values, 0), other, domain, ensemble=4)
+    assert "withheld observations" in caplog.text and "kept out" not in caplog.text

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from ctxq_cli import checkpoint, resume
+from ctxq_cli.data import Normalization
 from ctxq_cli.errors import CtxqError, Interrupted
 from ctxq_cli.model import DenoiserModel
 from ctxq_cli.train import LoopOptions, RunControl, TrainOptions, optimise, train_denoiser
+from ctxq_cli.withhold import calibration_cells
 
 from conftest import smooth_field
 
@@ -142,3 +144,18 @@ def test_divergence_names_the_step_and_keeps_the_last_good_state(tmp_path):
         optimise(net, poisoned_after_three, LoopOptions(steps=10, checkpoint_every=2),
                  torch.Generator().manual_seed(0), None, {}, RunControl(state), progress=False)
     assert resume.load_state(state).step == 2
+
+
+def test_the_cells_impute_calibrates_on_never_reach_training():
+    values, observed, domain = _data()
+    frames, hidden = calibration_cells(observed, domain)
+    poisoned = values.copy()
+    poisoned[frames][hidden] = 1e6
+    # the poison would dominate statistics fitted on every observation...
+    assert Normalization.fit(poisoned, observed, per_cell=True).std[0] > 1e3
+    model = train_denoiser(poisoned, observed, domain, ["sst"], TrainOptions(steps=2, **TINY),
+                           torch.device("cpu"), progress=False)
+    # ...but training never saw it
+    assert model.normalization.std[0] < 10
+    held = model.training["calibration_holdout"]
+    assert held["cells"] == hidden.sum() and held["frames"] == [frames.start, frames.stop]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ctxq_cli.errors import CtxqError
-from ctxq_cli.withhold import withhold
+from ctxq_cli.withhold import calibration_cells, mask_fingerprint, withhold
 
 
 def _clouds(frames=40, size=24, seed=0):
@@ -87,3 +87,21 @@ def test_mask_pattern_hides_gaps_that_persist_in_time_like_real_ones():
     # a hidden cell should stay unavailable in the next frame about as often as a real gap does
     after = (hidden[:-1] & (hidden[1:] | gaps[1:])).sum() / hidden[:-1].sum()
     assert after > 0.75 * real, (after, real)
+
+
+def test_calibration_cells_are_reproducible_and_fingerprinted_with_the_domain():
+    observed = _clouds(frames=60)
+    domain = np.ones((24, 24), bool)
+    frames, hidden = calibration_cells(observed, domain)
+    assert (frames.start, frames.stop) == (6, 54)              # the middle 48 frames
+    again = calibration_cells(observed.copy(), domain.copy())[1]
+    np.testing.assert_array_equal(hidden, again)
+    assert not (hidden & ~observed[frames]).any()
+    key = mask_fingerprint(observed[frames], domain)
+    assert key == mask_fingerprint(observed[frames].copy(), domain)
+    changed = observed[frames].copy()
+    changed[3, 0, 5, 5] ^= True
+    smaller = domain.copy()
+    smaller[0, 0] = False
+    assert mask_fingerprint(changed, domain) != key != mask_fingerprint(observed[frames], smaller)
+    assert calibration_cells(observed[:2, :, :3, :3], domain[:3, :3])[1] is None   # too few
