@@ -28,6 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",   # docstring paragraphs reflow to the terminal width
     context_settings={"help_option_names": ["--help", "-h"]},
 )
 
@@ -242,6 +243,9 @@ def train_denoiser(
 ) -> None:
     """Train a denoiser on incomplete fields (context-query diffusion).
 
+    A tenth of the observations of the record's middle 48 frames, hidden like its gaps, stay
+    out of training: `impute` calibrates its ensemble spread on them.
+
     On SIGTERM or SIGINT (a batch job's time limit) training writes a resumable state beside
     the output and exits with code 75; the same command with --resume goes on from there.
     Started by torchrun, the processes train one model together (see the README).
@@ -375,7 +379,7 @@ def impute(
         help="Sampler steps S: 1 = single-step ensemble mean, >1 = posterior samples.",
         min=1)] = 1,
     output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Output file (default: <input stem>_imputed.nc/.npz).")] = None,
+        "--output", "-o", help="Output file (default: the input's name with _imputed, as .nc or .npz).")] = None,
     members: Annotated[bool, typer.Option(help="Also write every ensemble member.")] = False,
     batch_size: Annotated[int, typer.Option(help="Denoiser passes per batch.", min=1)] = 64,
     guided: Annotated[bool, typer.Option(
