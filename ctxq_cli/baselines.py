@@ -43,6 +43,7 @@ import numpy as np
 from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
 from scipy.optimize import least_squares
 from scipy.spatial import cKDTree
+from threadpoolctl import threadpool_limits
 
 Seed = int | np.random.Generator
 
@@ -56,31 +57,32 @@ def linear(values: np.ndarray, observed: np.ndarray, domain: np.ndarray) -> np.n
     yy, xx = np.mgrid[0:h, 0:w]
     grid = np.stack([yy[domain], xx[domain]], axis=1).astype(np.float64)
     out = np.full(values.shape, np.nan, dtype=np.float32)
-    for i in range(t):
-        for j in range(c):
-            seen = observed[i, j] & domain
-            pts = np.stack([yy[seen], xx[seen]], axis=1).astype(np.float64)
-            vals = values[i, j][seen].astype(np.float64)
-            frame = np.full((h, w), np.nan)
-            if len(vals) == 0:
-                continue
-            if len(vals) >= 3 and np.linalg.matrix_rank(pts - pts.mean(0)) == 2:
-                est = LinearNDInterpolator(pts, vals)(grid)
-                holes = np.isnan(est)
-                if holes.any():
-                    est[holes] = NearestNDInterpolator(pts, vals)(grid[holes])
-            else:
-                est = NearestNDInterpolator(pts, vals)(grid)
-            frame[domain] = est
-            frame[seen] = values[i, j][seen]
-            out[i, j] = frame
+    with _serial_blas():
+        for i in range(t):
+            for j in range(c):
+                seen = observed[i, j] & domain
+                if not seen.any():
+                    continue
+                pts = np.stack([yy[seen], xx[seen]], axis=1)
+                out[i, j][domain] = _spatial_fill(pts, values[i, j][seen, None], grid)[:, 0]
+                out[i, j][seen] = values[i, j][seen]
     return out
+
+
+def _serial_blas() -> threadpool_limits:
+    """Limit BLAS to one thread while triangulations are interpolated.
+
+    A Delaunay interpolation makes one tiny LAPACK call per triangle; with a threaded BLAS on a
+    busy machine, waking its threads took minutes for a 64×64 frame instead of 20 ms.
+    """
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _spatial_fill(src: np.ndarray, vals: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Values (n_src, m) at points src (n_src, 2) carried to points dst: linear, nearest outside."""
     src = src.astype(np.float64)
     dst = dst.astype(np.float64)
+    vals = vals.astype(np.float64)
     if len(src) >= 3 and np.linalg.matrix_rank(src - src.mean(0)) == 2:
         # one triangulation serves every column (every frame) at once
         est = LinearNDInterpolator(src, vals)(dst)
@@ -195,7 +197,8 @@ def dineof(values: np.ndarray, observed: np.ndarray, domain: np.ndarray, *,
             if n_j:
                 src = np.stack([yy[ever[j]], xx[ever[j]]], axis=1)
                 dst = np.stack([yy[hidden], xx[hidden]], axis=1)
-                band[:, hidden] = _spatial_fill(src, rec, dst).T
+                with _serial_blas():
+                    band[:, hidden] = _spatial_fill(src, rec, dst).T
             else:
                 band[:, hidden] = 0.0
     out[seen] = values[seen]

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from ctxq_cli import baselines
 from ctxq_cli.baselines import (
     Covariance,
     dineof,
@@ -208,3 +209,24 @@ def test_fillers_handle_several_variables(fill):
     est = fill(values, observed, np.ones((12, 12), bool), seed=0)
     assert np.isfinite(est).all()
     assert np.array_equal(est[observed], values[observed].astype(np.float32))
+
+
+def test_triangulations_run_with_one_blas_thread(monkeypatch):
+    # scipy's Delaunay interpolation makes one tiny LAPACK call per triangle: a threaded BLAS
+    # on a busy machine turned milliseconds into minutes
+    from threadpoolctl import threadpool_info
+
+    seen_threads = []
+    real = baselines.LinearNDInterpolator
+
+    def spy(*args, **kwargs):
+        seen_threads.extend(p["num_threads"] for p in threadpool_info()
+                            if p["user_api"] == "blas")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(baselines, "LinearNDInterpolator", spy)
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(2, 1, 12, 12))
+    observed = rng.random(values.shape) < 0.5
+    baselines.linear(values, observed, np.ones((12, 12), bool))
+    assert seen_threads and set(seen_threads) == {1}
