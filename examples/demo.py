@@ -4,9 +4,9 @@ Runs the ctxq command line exactly as a user would:
 
     ctxq impute obs.nc --mask mask.nc --checkpoint models/kolmogorov_clouds.safetensors \
         --ensemble 32 -o obs_imputed.nc
-    ctxq evaluate obs_imputed.nc --truth truth.nc --mask mask.nc
+    ctxq evaluate obs_imputed.nc --truth truth.nc --mask mask.nc --baseline linear
 
-and prints the error of per-frame linear interpolation on the same cells for comparison.
+so the table puts per-frame linear interpolation of the same observations beside ctxq.
 Takes about a minute on 2 CPU cores.
 """
 
@@ -19,13 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-
-from ctxq_cli import baselines, io  # noqa: E402
-from ctxq_cli.metrics import rmse, vrmse  # noqa: E402
 
 from make_data import write_example  # noqa: E402
 
@@ -57,15 +52,8 @@ def main() -> None:
     result = out / "obs_imputed.nc"
     ctxq("impute", str(paths["obs"]), "--mask", str(paths["mask"]), "--checkpoint", str(MODEL),
          "--ensemble", str(args.ensemble), "-o", str(result), "--overwrite", "--quiet")
-    ctxq("evaluate", str(result), "--truth", str(paths["truth"]), "--mask", str(paths["mask"]))
-
-    obs = io.read_field(paths["obs"], mask_path=paths["mask"])
-    truth = io.read_field(paths["truth"])
-    domain = np.ones(obs.grid, bool)
-    lin = baselines.linear(obs.values, obs.observed, domain)
-    gaps = ~obs.observed
-    print(f"{'linear interp.':<16}{int(gaps.sum()):>10}{rmse(lin, truth.values, gaps):>12.5g}"
-          f"{'':>24}{vrmse(lin, truth.values, gaps, domain):>10.4f}")
+    ctxq("evaluate", str(result), "--truth", str(paths["truth"]), "--mask", str(paths["mask"]),
+         "--baseline", "linear")
     print(f"done in {time.perf_counter() - start:.0f} s; files in {out}")
 
 
