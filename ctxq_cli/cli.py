@@ -225,6 +225,10 @@ def train_denoiser(
     position_channels: Annotated[int, typer.Option(
         help="Channels of a learned position map of the training grid (0: none; the model "
              "then fills other grids too).", min=0)] = 8,
+    calibration_holdout: Annotated[bool, typer.Option(
+        "--calibration-holdout/--no-calibration-holdout",
+        help="Keep the observations impute calibrates its spread on out of training, so the "
+             "spread of this record is calibrated on cells the network never saw.")] = True,
     steps: StepsOpt = 20000,
     max_minutes: MaxMinutesOpt = None,
     batch_size: BatchOpt = 8,
@@ -244,7 +248,7 @@ def train_denoiser(
     """Train a denoiser on incomplete fields (context-query diffusion).
 
     A tenth of the observations of the record's middle 48 frames, hidden like its gaps, stay
-    out of training: `impute` calibrates its ensemble spread on them.
+    out of training (--calibration-holdout): `impute` calibrates its ensemble spread on them.
 
     On SIGTERM or SIGINT (a batch job's time limit) training writes a resumable state beside
     the output and exits with code 75; the same command with --resume goes on from there.
@@ -279,7 +283,8 @@ def train_denoiser(
                                    context_ratio=context_ratio, block_size=block_size,
                                    channels=widths, stem_patch=stem_patch,
                                    attention_heads=attention_heads,
-                                   position_channels=position_channels, steps=steps,
+                                   position_channels=position_channels,
+                                   calibration_holdout=calibration_holdout, steps=steps,
                                    max_minutes=max_minutes, batch_size=batch_size, lr=lr,
                                    patch=patch, val_fraction=val_fraction, seed=seed,
                                    checkpoint_every=checkpoint_every,
@@ -379,7 +384,8 @@ def impute(
         help="Sampler steps S: 1 = single-step ensemble mean, >1 = posterior samples.",
         min=1)] = 1,
     output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Output file (default: the input's name with _imputed, as .nc or .npz).")] = None,
+        "--output", "-o",
+        help="Output file (default: the input's name with _imputed, as .nc or .npz).")] = None,
     members: Annotated[bool, typer.Option(help="Also write every ensemble member.")] = False,
     batch_size: Annotated[int, typer.Option(help="Denoiser passes per batch.", min=1)] = 64,
     guided: Annotated[bool, typer.Option(

@@ -86,6 +86,7 @@ class TrainOptions(LoopOptions):
     patch: int = 128
     low_noise_fraction: float = 0.8
     normalization: str = "cell"   # or "variable": one mean per variable (any grid)
+    calibration_holdout: bool = True   # keep impute's calibration cells out of training
     pool_size: int = 512
     prior_steps: int = 10         # ODE steps per mask drawn from a mask prior
 
@@ -190,7 +191,9 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
     torch.manual_seed(options.seed)
     gen = torch.Generator(device=device).manual_seed(options.seed)
     observed = observed & domain[None, None]  # cells outside the domain never take part
-    observed, holdout = _hold_out_calibration_cells(observed, domain)
+    holdout = None
+    if options.calibration_holdout:
+        observed, holdout = _hold_out_calibration_cells(observed, domain)
     norm = Normalization.fit(values, observed, per_cell=options.normalization == "cell")
     normed = norm.apply(values, observed)
     config = UNetConfig(in_channels=Denoiser.input_channels(options.window * values.shape[1]),

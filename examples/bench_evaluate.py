@@ -69,7 +69,8 @@ def run_case(name: str, truth: np.ndarray, mask: str, args: argparse.Namespace,
     opts = TrainOptions(steps=args.steps, seed=args.seed, normalization=args.normalization,
                         window=args.window, context_ratio=args.context_ratio,
                         attention_heads=args.attention_heads,
-                        position_channels=args.position_channels, val_fraction=args.val_fraction)
+                        position_channels=args.position_channels, val_fraction=args.val_fraction,
+                        calibration_holdout=args.calibration_holdout)
     dev = torch.device("cpu")
     saved = args.models / f"{name}_{mask}.safetensors" if args.models else None
     start = time.perf_counter()
@@ -120,6 +121,9 @@ def main() -> None:
     p.add_argument("--context-ratio", type=float, default=0.8,
                    help="share of observed cells kept as context")
     p.add_argument("--seed", type=int, default=0, help="ctxq training seed")
+    p.add_argument("--no-calibration-holdout", dest="calibration_holdout",
+                   action="store_false",
+                   help="train on the cells the spread is calibrated on too")
     p.add_argument("--models", type=Path, default=None,
                    help="folder of trained models: a case's model is reused when there, "
                         "else trained and saved there (to re-score without retraining)")

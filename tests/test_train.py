@@ -159,3 +159,8 @@ def test_the_cells_impute_calibrates_on_never_reach_training():
     assert model.normalization.std[0] < 10
     held = model.training["calibration_holdout"]
     assert held["cells"] == hidden.sum() and held["frames"] == [frames.start, frames.stop]
+    everything = train_denoiser(poisoned, observed, domain, ["sst"],
+                                TrainOptions(steps=2, calibration_holdout=False, **TINY),
+                                torch.device("cpu"), progress=False)
+    assert everything.normalization.std[0] > 1e3               # asked for: all observations
+    assert "calibration_holdout" not in everything.training
