@@ -36,6 +36,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,7 +44,7 @@ import numpy as np
 from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
 from scipy.optimize import least_squares
 from scipy.spatial import cKDTree
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 Seed = int | np.random.Generator
 
@@ -57,25 +58,21 @@ def linear(values: np.ndarray, observed: np.ndarray, domain: np.ndarray) -> np.n
     yy, xx = np.mgrid[0:h, 0:w]
     grid = np.stack([yy[domain], xx[domain]], axis=1).astype(np.float64)
     out = np.full(values.shape, np.nan, dtype=np.float32)
-    with _serial_blas():
-        for i in range(t):
-            for j in range(c):
-                seen = observed[i, j] & domain
-                if not seen.any():
-                    continue
-                pts = np.stack([yy[seen], xx[seen]], axis=1)
-                out[i, j][domain] = _spatial_fill(pts, values[i, j][seen, None], grid)[:, 0]
-                out[i, j][seen] = values[i, j][seen]
+    for i in range(t):
+        for j in range(c):
+            seen = observed[i, j] & domain
+            if not seen.any():
+                continue
+            pts = np.stack([yy[seen], xx[seen]], axis=1)
+            out[i, j][domain] = _spatial_fill(pts, values[i, j][seen, None], grid)[:, 0]
+            out[i, j][seen] = values[i, j][seen]
     return out
 
 
-def _serial_blas() -> threadpool_limits:
-    """Limit BLAS to one thread while triangulations are interpolated.
-
-    A Delaunay interpolation makes one tiny LAPACK call per triangle; with a threaded BLAS on a
-    busy machine, waking its threads took minutes for a 64×64 frame instead of 20 ms.
-    """
-    return threadpool_limits(limits=1, user_api="blas")
+@functools.cache
+def _thread_pools() -> ThreadpoolController:
+    """The process's native thread pools, found once (a search costs ~1.5 ms, a limit ~10 µs)."""
+    return ThreadpoolController()
 
 
 def _spatial_fill(src: np.ndarray, vals: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -84,8 +81,11 @@ def _spatial_fill(src: np.ndarray, vals: np.ndarray, dst: np.ndarray) -> np.ndar
     dst = dst.astype(np.float64)
     vals = vals.astype(np.float64)
     if len(src) >= 3 and np.linalg.matrix_rank(src - src.mean(0)) == 2:
-        # one triangulation serves every column (every frame) at once
-        est = LinearNDInterpolator(src, vals)(dst)
+        # A Delaunay interpolation makes one tiny LAPACK call per triangle; with a threaded
+        # BLAS on a busy machine, waking its threads took minutes for a 64×64 frame, not 20 ms.
+        with _thread_pools().limit(limits=1, user_api="blas"):
+            # one triangulation serves every column (every frame) at once
+            est = LinearNDInterpolator(src, vals)(dst)
         holes = np.isnan(est).any(axis=1)
         if holes.any():
             est[holes] = NearestNDInterpolator(src, vals)(dst[holes])
@@ -197,8 +197,7 @@ def dineof(values: np.ndarray, observed: np.ndarray, domain: np.ndarray, *,
             if n_j:
                 src = np.stack([yy[ever[j]], xx[ever[j]]], axis=1)
                 dst = np.stack([yy[hidden], xx[hidden]], axis=1)
-                with _serial_blas():
-                    band[:, hidden] = _spatial_fill(src, rec, dst).T
+                band[:, hidden] = _spatial_fill(src, rec, dst).T
             else:
                 band[:, hidden] = 0.0
     out[seen] = values[seen]

@@ -447,10 +447,10 @@ def impute(
                    "guidance_weight": guidance_weight, "tiling": tiling}
         scale = 1.0
         if calibrate and steps == 1:
-            from ctxq_cli.withhold import CALIBRATION_FRAMES
+            from ctxq_cli.withhold import calibration_frames
 
-            lo = max(0, (source.frames - CALIBRATION_FRAMES) // 2)   # the frames it uses
-            sample_v, sample_o = source.read(lo, min(source.frames, lo + CALIBRATION_FRAMES))
+            used = calibration_frames(source.frames)      # read only the frames it uses
+            sample_v, sample_o = source.read(used.start, used.stop)
             scale = calibrate_spread(model, sample_v, sample_o, dom, ensemble, seed,
                                      chunk=frames_per_chunk, **options)
         specs = _output_variables(fld, ensemble if members else None)

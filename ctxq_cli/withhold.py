@@ -73,11 +73,16 @@ def withhold(observed: np.ndarray, domain: np.ndarray, fraction: float, pattern:
     return observed & hidden[:, None]
 
 
+def calibration_frames(frames: int) -> slice:
+    """The frames of a record of ``frames`` that the spread is calibrated on: its middle."""
+    lo = max(0, (frames - CALIBRATION_FRAMES) // 2)
+    return slice(lo, min(frames, lo + CALIBRATION_FRAMES))
+
+
 def calibration_cells(observed: np.ndarray, domain: np.ndarray
                       ) -> tuple[slice, np.ndarray | None]:
     """The frames the spread is calibrated on and the cells hidden there (None: too few)."""
-    lo = max(0, (len(observed) - CALIBRATION_FRAMES) // 2)
-    frames = slice(lo, min(len(observed), lo + CALIBRATION_FRAMES))
+    frames = calibration_frames(len(observed))
     hidden = withhold(observed[frames], domain, CALIBRATION_FRACTION, "mask", CALIBRATION_SEED)
     return frames, hidden if hidden.sum() >= MIN_CALIBRATION_CELLS else None
 
