@@ -64,7 +64,12 @@ LrOpt = Annotated[float, typer.Option(help="Peak learning rate (AdamW).", min=0)
 PatchOpt = Annotated[int, typer.Option(
     help="Train on random patches of this size on larger grids.", min=8)]
 ValFractionOpt = Annotated[float, typer.Option(
-    help="Share of frames (the last ones) held out for validation.", min=0, max=0.5)]
+    help="Share of frames held out for validation, in up to 5 blocks spread over the record "
+         "(the last at its end); 0: none, train on every frame and keep the last weights.",
+    min=0, max=0.5)]
+PatienceOpt = Annotated[int, typer.Option(
+    help="Stop after this many validations (one every 250 steps) without a new lowest "
+         "validation loss (0: never stop early).", min=0)]
 CalibrateOpt = Annotated[bool, typer.Option(
     "--calibrate/--no-calibrate",
     help="Scale the ensemble spread to the error on withheld observations (S = 1; costs one "
@@ -200,6 +205,10 @@ def train_denoiser(
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write.")] = Path(
         "denoiser.safetensors"),
     window: Annotated[int, typer.Option(help="Consecutive frames per sample.", min=1)] = 3,
+    temporal: Annotated[str, typer.Option(
+        help="First guess from every frame of the record: smoother (a Gauss-Markov smoother "
+             "in time, fitted on the record, that the network corrects) or none.")
+    ] = "smoother",
     partition: Annotated[str, typer.Option(
         help="Context/query partition: auto, pixel, block, empirical or prior.")] = "auto",
     mask_prior: Annotated[Path | None, typer.Option(
@@ -235,6 +244,7 @@ def train_denoiser(
     lr: LrOpt = 2e-3,
     patch: PatchOpt = 128,
     val_fraction: ValFractionOpt = 0.1,
+    patience: PatienceOpt = 8,
     log_file: LogOpt = None,
     checkpoint_every: CheckpointEveryOpt = 1000,
     resume: ResumeOpt = False,
@@ -247,6 +257,11 @@ def train_denoiser(
 ) -> None:
     """Train a denoiser on incomplete fields (context-query diffusion).
 
+    The network starts from a first guess that reaches across the whole record (--temporal
+    smoother: each cell's observations before and after, and its neighbours', weighted by a
+    Gauss-Markov model of time fitted on the record) and learns what it misses. It keeps the
+    weights that did best on the validation frames and stops when they no longer improve.
+
     A tenth of the observations of the record's middle 48 frames, hidden like its gaps, stay
     out of training (--calibration-holdout): `impute` calibrates its ensemble spread on them.
 
@@ -255,9 +270,13 @@ def train_denoiser(
     Started by torchrun, the processes train one model together (see the README).
     """
     with reporting(quiet) as progress:
-        from ctxq_cli.train import TrainOptions
+        from ctxq_cli.io import describe_times
+        from ctxq_cli.train import TEMPORAL, TrainOptions
         from ctxq_cli.train import train_denoiser as train
 
+        if temporal not in TEMPORAL:
+            raise CtxqError(f"--temporal must be one of {', '.join(TEMPORAL)}, not "
+                            f"'{temporal}'")
         if partition not in ("auto", "pixel", "block", "empirical", "prior"):
             raise CtxqError(f"--partition must be auto, pixel, block, empirical or prior, "
                             f"not '{partition}'")
@@ -279,19 +298,21 @@ def train_denoiser(
             fld, dom = _load_inputs(data, mask, var, domain)
             if fld.frames < window:
                 raise CtxqError(f"{data}: {fld.frames} frames, fewer than --window {window}")
-            options = TrainOptions(window=window, partition=partition,
+            times, unit = fld.times()
+            log.info("%s: %s", data, describe_times(times, unit))
+            options = TrainOptions(window=window, temporal=temporal, partition=partition,
                                    context_ratio=context_ratio, block_size=block_size,
                                    channels=widths, stem_patch=stem_patch,
                                    attention_heads=attention_heads,
                                    position_channels=position_channels,
                                    calibration_holdout=calibration_holdout, steps=steps,
                                    max_minutes=max_minutes, batch_size=batch_size, lr=lr,
-                                   patch=patch, val_fraction=val_fraction, seed=seed,
-                                   checkpoint_every=checkpoint_every,
+                                   patch=patch, val_fraction=val_fraction, patience=patience,
+                                   seed=seed, checkpoint_every=checkpoint_every,
                                    normalization=normalization, precision=precision,
                                    compile=compile_network)
             model = train(fld.values, fld.observed, dom, fld.names, options, dev, log_io,
-                          progress, control, prior)
+                          progress, control, prior, times=times, time_unit=unit)
             if control.group.main:
                 model.training["command"] = _command_line()
                 model.training["data"] = str(data)
@@ -436,6 +457,7 @@ def impute(
         log.info("%s: %s, %d frames of %d×%d", data, ", ".join(fld.names), source.frames,
                  *fld.grid)
         _check_variables(fld, model, data, checkpoint)
+        times = _model_times(fld, model, data)
         dom = _imputation_domain(fld, model, domain)
         tiling = Tiling(size=tile or (None if max(fld.grid) <= AUTO_TILE_ABOVE else AUTO_TILE),
                         overlap=tile_overlap, wrap_lon=wrap_lon)
@@ -444,14 +466,10 @@ def impute(
         log.info("%s, %d frames per chunk", f"tiles of {tiling.size} cells overlapping by "
                  f"{tiling.overlap}" if tiling.size else "one tile", frames_per_chunk)
         options = {"device": dev, "batch": batch_size, "guided": guided, "rho": guidance_rho,
-                   "guidance_weight": guidance_weight, "tiling": tiling}
+                   "guidance_weight": guidance_weight, "tiling": tiling, "times": times}
         scale = 1.0
         if calibrate and steps == 1:
-            from ctxq_cli.withhold import calibration_frames
-
-            used = calibration_frames(source.frames)      # read only the frames it uses
-            sample_v, sample_o = source.read(used.start, used.stop)
-            scale = calibrate_spread(model, sample_v, sample_o, dom, ensemble, seed,
+            scale = calibrate_spread(model, source.read, source.frames, dom, ensemble, seed,
                                      chunk=frames_per_chunk, **options)
         specs = _output_variables(fld, ensemble if members else None)
         ever = np.zeros(fld.grid, bool)
@@ -684,17 +702,37 @@ def _cross_validation(data: Path, truth: Path | None, mask: Path | None, var: li
         what = (f"cross-validation: {100 * hidden.sum() / max(fld.observed.sum(), 1):.1f} % of "
                 f"the observations hidden ({pattern} pattern, seed {seed}) and scored")
     values = np.where(kept, fld.values, 0)      # hidden values never reach any method
+    times = _model_times(fld, model, data)
     start = time.perf_counter()
-    scale = (calibrate_spread(model, values, kept, dom, ensemble, seed, device=dev,
-                              batch=batch_size) if calibrate and steps == 1 else 1.0)
+    scale = (calibrate_spread(model, lambda a, b: (values[a:b], kept[a:b]), len(values), dom,
+                              ensemble, seed, device=dev, batch=batch_size, times=times)
+             if calibrate and steps == 1 else 1.0)
     result = impute_field(model, values, kept, dom, ensemble, steps, seed, True, dev,
-                          batch_size, progress, spread_scale=scale)
+                          batch_size, progress, spread_scale=scale, times=times)
     ctxq = evaluation.Estimate("ctxq", result.mean, std=result.std, members=result.members,
                                seconds=time.perf_counter() - start)
     return evaluation.Case(
         description=f"{data} with {checkpoint} (K = {ensemble}, S = {steps}), {what}",
         variables=fld.names, observed_values=values, observed=kept, domain=dom,
         reference=reference, cells=cells, valid=valid, estimates=[ctxq])
+
+
+def _model_times(fld, model, data: Path) -> np.ndarray | None:
+    """The file's times in the unit the model's temporal smoother measures time in."""
+    from ctxq_cli.io import describe_times
+
+    if model.smoother is None:
+        return None
+    times, unit = fld.times()
+    wanted, step = model.smoother.time_unit, model.smoother.step
+    if wanted == "frames":
+        times, unit = None, "frames"   # trained without a time coordinate: frames apart
+    elif times is None:
+        log.warning("%s: no time coordinate; its frames are taken %g %s apart, the training "
+                    "record's step", data, step, wanted)
+        return step * np.arange(fld.frames, dtype=np.float64)
+    log.info("%s: %s", data, describe_times(times, unit))
+    return times
 
 
 def _check_variables(fld, model, data: Path, checkpoint: Path) -> None:

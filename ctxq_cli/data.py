@@ -10,11 +10,14 @@ down-sampling factor; grids larger than the patch size yield random patches.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ctxq_cli.temporal import STATE, RecordStates, Smoother, record_states, window_messages
 
 
 @dataclass(frozen=True)
@@ -102,17 +105,35 @@ def pad_grid(array: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(array, pad)
 
 
+@dataclass
+class Batch:
+    """Training windows as the loss needs them, all (B, …, h, w) on one device."""
+
+    values: Tensor                  # (B, F, h, w) normalised, 0 where missing
+    observed: Tensor                # (B, F, h, w) bool
+    domain: Tensor                  # (B, 1, h, w) bool
+    cells: Tensor | None = None     # (B, 2, h, w) grid cells of a patch (None: the grid)
+    messages: tuple[Tensor, Tensor, Tensor] | None = None   # the smoother's, for a window
+
+
 class Windows:
-    """Random training windows (and patches) drawn from a normalised field."""
+    """Training windows (and patches) of W frames drawn from a normalised field.
+
+    ``starts`` are the first frames of the windows this set may draw (all by default);
+    :meth:`subset` gives another set over the same arrays. With a temporal ``smoother`` the
+    whole record is filtered once, forward and backward, with every observation, so each
+    window can be told what the frames outside it say (:mod:`ctxq_cli.temporal`).
+    """
 
     def __init__(self, values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
-                 window: int, multiple: int, patch: int, frames: tuple[int, int],
-                 device: torch.device) -> None:
-        """values, observed: (T, C, H, W); domain (H, W); frames: [start, stop) to draw from."""
+                 window: int, multiple: int, patch: int, device: torch.device,
+                 starts: np.ndarray | None = None, smoother: Smoother | None = None,
+                 times: np.ndarray | None = None) -> None:
+        """values, observed: (T, C, H, W); domain (H, W); times (T,) for the smoother."""
         self.window = window
-        self.start, self.stop = frames
-        if self.stop - self.start < window:
-            raise ValueError(f"{self.stop - self.start} frames are fewer than the window {window}")
+        frames = values.shape[0]
+        if frames < window:
+            raise ValueError(f"{frames} frames are fewer than the window {window}")
         observed = observed & domain[None, None]
         self.values = torch.from_numpy(pad_grid(values, multiple)).to(device)
         self.observed = torch.from_numpy(pad_grid(observed, multiple)).to(device)
@@ -120,36 +141,48 @@ class Windows:
         h, w = self.values.shape[-2:]
         self.patch = (min(padded_size(patch, multiple), h), min(padded_size(patch, multiple), w))
         self.channels = values.shape[1]
+        every = np.arange(frames - window + 1)
+        self.starts = torch.from_numpy(every if starts is None else np.asarray(starts)).long()
+        self.smoother = smoother
+        self.states: RecordStates | None = None
+        if smoother is not None:
+            t = torch.from_numpy(np.asarray(times, dtype=np.float64))
+            self.states = record_states(smoother, self.values, self.observed, t).to(device)
+
+    def subset(self, starts: np.ndarray) -> Windows:
+        """The windows starting at ``starts``, sharing this set's arrays."""
+        other = copy.copy(self)
+        other.starts = torch.from_numpy(np.asarray(starts)).long()
+        return other
 
     @property
     def count(self) -> int:
-        """Number of distinct window start positions."""
-        return self.stop - self.start - self.window + 1
+        """Number of distinct windows."""
+        return len(self.starts)
 
-    def _gather(self, starts: Tensor) -> tuple[Tensor, Tensor]:
-        """Stack windows starting at ``starts`` as (B, W·C, H, W) values and masks."""
+    def _gather(self, starts: Tensor) -> Batch:
+        """Whole-grid windows starting at frames ``starts``."""
         idx = starts[:, None] + torch.arange(self.window, device=starts.device)[None]
         b = len(starts)
         v = self.values[idx].reshape(b, -1, *self.values.shape[-2:])
         o = self.observed[idx].reshape(b, -1, *self.observed.shape[-2:])
-        return v, o
+        d = self.domain[None, None].expand(b, 1, -1, -1)
+        messages = None
+        if self.smoother is not None:
+            messages = window_messages(self.smoother, self.states, starts, self.window)
+        return Batch(v, o, d, None, messages)
 
-    def batch(self, indices: Tensor, generator: torch.Generator
-              ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Windows ``indices`` (in [0, count)): values, observed (B, F, h, w), domain (B, 1, h, w)
-        and the grid cells (B, 2, h, w) of a patch (None: the whole grid).
-
-        On grids larger than the patch, each window is cropped at its own random corner; the
-        crop is one gather on the device, with no round trip to the host.
+    def batch(self, indices: Tensor, generator: torch.Generator) -> Batch:
+        """Windows ``indices`` (in [0, count)), each cropped to a patch at its own random
+        corner on grids larger than the patch (one gather on the device, no host round trip).
         """
         dev = self.values.device
+        full = self._gather(self.starts[indices.cpu()].to(dev))
         size = len(indices)
-        v, o = self._gather(indices.to(dev) + self.start)
-        d = self.domain[None, None].expand(size, 1, -1, -1)
         ph, pw = self.patch
-        h, w = v.shape[-2:]
+        h, w = full.values.shape[-2:]
         if (ph, pw) == (h, w):
-            return v, o, d, None
+            return full
         gd = generator.device
         oy = torch.randint(0, h - ph + 1, (size, 1), generator=generator, device=gd).to(dev)
         ox = torch.randint(0, w - pw + 1, (size, 1), generator=generator, device=gd).to(dev)
@@ -161,22 +194,25 @@ class Windows:
             f = torch.arange(t.shape[1], device=dev)[None, :, None, None]
             return t[b, f, rows, cols]
 
-        cells = torch.cat([rows.expand(-1, 1, ph, pw), cols.expand(-1, 1, ph, pw)], dim=1)
-        return crop(v), crop(o), crop(d), cells
+        def crop_states(state: Tensor) -> Tensor:     # (B, C, H, W, 5)
+            c = state.shape[1]
+            flat = state.permute(0, 1, 4, 2, 3).reshape(size, c * STATE, h, w)
+            return crop(flat).reshape(size, c, STATE, ph, pw).permute(0, 1, 3, 4, 2)
 
-    def sequential(self, stride: int) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """Non-random windows every ``stride`` frames (for validation), full grid."""
-        starts = torch.arange(self.start, self.stop - self.window + 1, stride,
-                              device=self.values.device)
-        out = []
-        for chunk in starts.split(16):
-            v, o = self._gather(chunk)
-            out.append((v, o, self.domain[None, None].expand(len(chunk), 1, -1, -1)))
-        return out
+        cells = torch.cat([rows.expand(-1, 1, ph, pw), cols.expand(-1, 1, ph, pw)], dim=1)
+        messages = None
+        if full.messages is not None:
+            entering, leaving, steps = full.messages
+            messages = (crop_states(entering), crop_states(leaving), steps)
+        return Batch(crop(full.values), crop(full.observed), crop(full.domain), cells, messages)
+
+    def sequential(self, stride: int) -> list[Batch]:
+        """Every ``stride``-th window in order (for validation), whole grid."""
+        starts = self.starts[::stride].to(self.values.device)
+        return [self._gather(chunk) for chunk in starts.split(16)]
 
     def mask_pool(self, size: int, generator: torch.Generator) -> Tensor:
         """Up to ``size`` observation-mask windows (N, F, H, W), for the empirical partition."""
         n = min(size, self.count)
-        starts = torch.randperm(self.count, generator=generator, device=generator.device)[:n]
-        _, o = self._gather(starts.to(self.values.device) + self.start)
-        return o.cpu()
+        pick = torch.randperm(self.count, generator=generator, device=generator.device)[:n]
+        return self._gather(self.starts[pick.cpu()].to(self.values.device)).observed.cpu()

@@ -7,7 +7,11 @@ sees only the context cells of the noisy observation and predicts the clean fiel
 
 On context cells it is skip-preconditioned, ``c_skip u_σ + c_out F``, so it only learns a
 correction; elsewhere the network output ``F`` is the clean value itself, because a skip from
-a cell with no input would force ``F`` to grow like 1/σ. The loss lives on query cells only::
+a cell with no input would force ``F`` to grow like 1/σ. With a first guess ``g`` computed from
+the context (the temporal smoother of :mod:`ctxq_cli.temporal`: its mean and standard deviation
+are extra inputs), the output there is ``g + F`` and ``F`` starts at zero, so an untrained
+denoiser returns the first guess and training learns what it misses. The loss lives on query
+cells only::
 
     L = Σ M_qry ⊙ (D(M_ctx ⊙ u_σ, σ, M_ctx) − u_obs)² / Σ M_qry
 
@@ -67,35 +71,52 @@ class NoiseSchedule:
         return asdict(self)
 
 
-class Denoiser(nn.Module):
-    """Preconditioned x0-predictor over context-masked noisy fields."""
+FirstGuess = Callable[[Tensor], Tensor]   # context mask (B, F, H, W) -> (B, 2F, H, W)
 
-    def __init__(self, config: UNetConfig, sigma_data: float = 1.0) -> None:
+
+class Denoiser(nn.Module):
+    """Preconditioned x0-predictor over context-masked noisy fields (and a first guess)."""
+
+    def __init__(self, config: UNetConfig, sigma_data: float = 1.0,
+                 first_guess: bool = False) -> None:
         super().__init__()
         self.net = UNet(config)
         self.sigma_data = sigma_data
+        self.first_guess = first_guess
+        if first_guess:   # start from the first guess: the correction begins at zero
+            head = self.net.head[-1]
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
 
     @staticmethod
-    def input_channels(fields: int) -> int:
-        """Network input channels for F field channels: values, context mask, domain."""
-        return 2 * fields + 1
+    def input_channels(fields: int, first_guess: bool = False) -> int:
+        """Network input channels for F field channels: values, context mask, domain (and the
+        first guess's mean and standard deviation)."""
+        return 2 * fields + 1 + (2 * fields if first_guess else 0)
 
     def forward(self, noisy: Tensor, sigma: Tensor, context: Tensor, domain: Tensor,
-                cells: Tensor | None = None) -> Tensor:
+                cells: Tensor | None = None, first_guess: Tensor | None = None) -> Tensor:
         """noisy, context: (B, F, H, W); sigma: (B,); domain: (B, 1, H, W) -> (B, F, H, W).
 
         ``cells`` (B, 2, H, W) or (2, H, W): the training-grid cells of a patch or tile
-        (None: the grid).
+        (None: the grid). ``first_guess`` (B, 2F, H, W): mean and standard deviation computed
+        from the context, for a denoiser built with one.
         """
+        if self.first_guess != (first_guess is not None):
+            raise ValueError("the denoiser was built " + ("with" if self.first_guess else
+                                                          "without") + " a first guess")
         sd = self.sigma_data
         s = sigma.view(-1, 1, 1, 1)
         c_in = 1 / torch.sqrt(s ** 2 + sd ** 2)
         c_skip = sd ** 2 / (s ** 2 + sd ** 2)
         c_out = s * sd / torch.sqrt(s ** 2 + sd ** 2)
         ctx = context.to(noisy.dtype)
-        x = torch.cat([c_in * noisy * ctx, ctx, domain.to(noisy.dtype)], dim=1)
-        out = self.net(x, torch.log(sigma) / 4, cells)
-        return torch.where(context, c_skip * noisy + c_out * out, out)
+        parts = [c_in * noisy * ctx, ctx, domain.to(noisy.dtype)]
+        if first_guess is not None:
+            parts.append(first_guess.to(noisy.dtype))
+        out = self.net(torch.cat(parts, dim=1), torch.log(sigma) / 4, cells)
+        filled = out if first_guess is None else first_guess[:, :out.shape[1]] + out
+        return torch.where(context, c_skip * noisy + c_out * out, filled)
 
 
 def add_noise(values: Tensor, sigma: Tensor, generator: torch.Generator) -> Tensor:
@@ -106,12 +127,21 @@ def add_noise(values: Tensor, sigma: Tensor, generator: torch.Generator) -> Tens
 
 def context_query_loss(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Tensor,
                        partition: Partition, schedule: NoiseSchedule,
-                       generator: torch.Generator, cells: Tensor | None = None) -> Tensor:
-    """Mean squared error of the denoiser on query cells, given a noisy context."""
+                       generator: torch.Generator, cells: Tensor | None = None,
+                       first_guess: FirstGuess | None = None,
+                       query_only: Tensor | None = None) -> Tensor:
+    """Mean squared error of the denoiser on query cells, given a noisy context.
+
+    The first guess, when given, is computed from the context alone. ``query_only`` (bool, like
+    ``observed``) restricts the query to those cells (validation on held-out cells).
+    """
     context, query = partition.sample(observed, generator)
+    if query_only is not None:
+        context, query = context & ~query_only, query & query_only
     sigma = schedule.sample(values.shape[0], generator, values.device)
     noisy = add_noise(values, sigma, generator) * context
-    pred = denoiser(noisy, sigma, context, domain, cells)
+    guess = None if first_guess is None else first_guess(context)
+    pred = denoiser(noisy, sigma, context, domain, cells, guess)
     q = query.to(pred.dtype)
     return ((pred - values) ** 2 * q).sum() / q.sum().clamp(min=1)
 
@@ -124,11 +154,12 @@ def _batched(fn: Callable[[slice], Tensor], total: int, batch: int) -> Tensor:
 @torch.no_grad()
 def single_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Tensor,
                 partition: Partition, sigma: float, generators: list[torch.Generator],
-                batch: int = 64, cells: Tensor | None = None) -> Tensor:
+                batch: int = 64, cells: Tensor | None = None,
+                first_guess: FirstGuess | None = None) -> Tensor:
     """One denoiser pass per member, each with its own context mask and noise.
 
     values, observed: (F, H, W); domain: (1, H, W); cells (2, H, W) or None; one generator
-    per member.
+    per member; ``first_guess`` maps each member's context to its first guess.
     Returns (K, F, H, W) clean estimates.
     """
     k = len(generators)
@@ -140,7 +171,12 @@ def single_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Te
     ctx_t, noisy_t = torch.stack(ctx), torch.stack(noisy) * torch.stack(ctx)
     sig = torch.full((k,), sigma, device=values.device)
     dom = domain[None].expand(k, -1, -1, -1)
-    return _batched(lambda s: denoiser(noisy_t[s], sig[s], ctx_t[s], dom[s], cells), k, batch)
+
+    def run(s: slice) -> Tensor:
+        guess = None if first_guess is None else first_guess(ctx_t[s])
+        return denoiser(noisy_t[s], sig[s], ctx_t[s], dom[s], cells, guess)
+
+    return _batched(run, k, batch)
 
 
 def omega(progress: Tensor | float, shape: str = "linear") -> float:
@@ -153,12 +189,14 @@ def omega(progress: Tensor | float, shape: str = "linear") -> float:
 def multi_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Tensor,
                prior_mean: Tensor, partition: Partition, schedule: NoiseSchedule, steps: int,
                generators: list[torch.Generator], omega_shape: str = "linear",
-               batch: int = 64, cells: Tensor | None = None) -> Tensor:
+               batch: int = 64, cells: Tensor | None = None,
+               first_guess: FirstGuess | None = None) -> Tensor:
     """Posterior samples by the blended RePaint-style sampler.
 
     values, observed, prior_mean: (F, H, W); domain (1, H, W). Returns (K, F, H, W).
     Context masks for E[u0|u_σ] are the observation mask rolled by a random shift, so they
-    keep the density and structure the denoiser was trained on.
+    keep the density and structure the denoiser was trained on. A first guess is computed
+    once, from every observation of the window.
     """
     k = len(generators)
     dev = values.device
@@ -170,6 +208,7 @@ def multi_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Ten
     dom = domain[None].expand(k, -1, -1, -1)
     inside = domain.bool()
     h, w = values.shape[-2:]
+    guess = None if first_guess is None else first_guess(observed[None]).expand(k, -1, -1, -1)
     for i in range(steps):
         sigma = sigmas[i]
         ctx = []
@@ -180,7 +219,8 @@ def multi_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Ten
             ctx.append(partition.sample(rolled[None], g)[0][0])
         ctx_t = torch.stack(ctx)
         pred = _batched(lambda s, x=x, c=ctx_t, n=sigma.expand(k): denoiser(
-            x[s] * c[s], n[s], c[s], dom[s], cells), k, batch)
+            x[s] * c[s], n[s], c[s], dom[s], cells, None if guess is None else guess[s]),
+            k, batch)
         w_t = omega(i / max(steps - 1, 1), omega_shape)
         x0 = w_t * pred + (1 - w_t) * prior_mean[None]
         x0 = torch.where(obs, values[None], x0)

@@ -12,6 +12,12 @@ cells are copied back from the input; cells outside the domain are NaN, except o
 which are kept as they are. Frames without any observation are
 filled from the model's prior (and neighbouring frames in its window); their spread is at least
 the climatological standard deviation and they are listed in the result.
+
+A model with a temporal smoother (:mod:`ctxq_cli.temporal`) starts each window from the
+smoother's estimate given every other frame of the record: before filling, the record is swept
+once forward and once backward, chunk by chunk, keeping the smoother's state at the chunks'
+edges only; each chunk then filters its own frames again from those states, so the first guess
+of a window is the same whatever the chunk.
 """
 
 from __future__ import annotations
@@ -31,8 +37,9 @@ from ctxq_cli.diffusion import multi_step, single_step
 from ctxq_cli.errors import CtxqError
 from ctxq_cli.maskprior import DEFAULT_CELL_WEIGHT, GuidedPriorPartition
 from ctxq_cli.model import DenoiserModel
+from ctxq_cli.temporal import RecordStates, Smoother, first_guess, window_messages
 from ctxq_cli.tiles import Tile, Tiling, blend, plan
-from ctxq_cli.withhold import calibration_cells, mask_fingerprint
+from ctxq_cli.withhold import calibration_frames, calibration_hidden, mask_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +105,8 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
                  batch: int = 64, progress: bool = True, omega_shape: str = "linear",
                  guided: bool = True, spread_scale: float = 1.0, rho: float = 0.5,
                  guidance_weight: float = DEFAULT_CELL_WEIGHT, tiling: Tiling = Tiling(),
-                 chunk: int | None = None) -> Imputation:
+                 chunk: int | None = None, *, times: np.ndarray | None = None,
+                 fill: slice | None = None) -> Imputation:
     """Fill a (T, C, H, W) field held in memory; observed values are returned unchanged.
 
     See :func:`impute_chunks` for the options; the result does not depend on ``chunk``.
@@ -106,7 +114,7 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
     parts = list(impute_chunks(model, lambda a, b: (values[a:b], observed[a:b]),
                                values.shape[0], domain, ensemble, steps, seed, members, device,
                                batch, progress, omega_shape, guided, spread_scale, rho,
-                               guidance_weight, tiling, chunk))
+                               guidance_weight, tiling, chunk, times=times, fill=fill))
     return Imputation(
         mean=np.concatenate([p.mean for _, p in parts]),
         std=np.concatenate([p.std for _, p in parts]),
@@ -121,13 +129,16 @@ def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndar
                   batch: int = 64, progress: bool = True, omega_shape: str = "linear",
                   guided: bool = True, spread_scale: float = 1.0, rho: float = 0.5,
                   guidance_weight: float = DEFAULT_CELL_WEIGHT, tiling: Tiling = Tiling(),
-                  chunk: int | None = None) -> Iterator[tuple[int, Imputation]]:
+                  chunk: int | None = None, *, times: np.ndarray | None = None,
+                  fill: slice | None = None) -> Iterator[tuple[int, Imputation]]:
     """Fill a field of ``frames`` frames, ``chunk`` frames at a time; yield (first frame, result).
 
     ``read(a, b)`` returns values and observed (b − a, C, H, W) of frames [a, b), so memory
     is bounded by the chunk and the tile, not the record. Every chunk reads the frames its
     windows need around it; each window and tile draws from its own generator, so the result
     is the same whatever the chunk, and differs only through blending from an untiled one.
+    ``times`` (frames,) are the frames' times in the model's time unit (default 0, 1, …);
+    ``fill`` restricts the frames filled (the temporal smoother still sees every frame).
 
     Members deviate from their mean by ``spread_scale`` times the raw deviations (see
     :func:`calibrate_spread`). With a ``prior`` partition and ``guided``, each member's context
@@ -150,28 +161,36 @@ def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndar
         by_start.setdefault(job.start, []).append(job)
     starts = sorted(by_start)
     step = chunk or span
-    bar = tqdm(total=frames * len(tiles), desc="impute", disable=not progress, unit="frame",
-               unit_scale=1 / len(tiles) if len(tiles) > 1 else 1)
-    context = _Context(model, domain, device, batch, guided, rho, guidance_weight, omega_shape,
-                       steps, seed)
-    outside, empty = 0, []
-    for a in range(0, frames, step):
-        b = min(a + step, frames)
+    fill = fill or slice(0, frames)
+    padded = _padded_reader(read, frames)
+    # Single-step estimates are needed a window beyond the chunk to guide the sampler.
+    reach = win - 1 if steps > 1 else 0
+    chunks = []
+    for a in range(fill.start, fill.stop, step):
+        b = min(a + step, fill.stop)
         b_pad = span if b == frames else b       # the last chunk also owns the padding
-        # Single-step estimates are needed a window beyond the chunk to guide the sampler.
-        reach = win - 1 if steps > 1 else 0
         first_pass = _windows_owning(by_start, starts, win, a - reach, b_pad + reach)
         second_pass = _windows_owning(by_start, starts, win, a, b_pad) if steps > 1 else []
         lo = min(j.start for j in first_pass)
         hi = max(j.start + win for j in first_pass)
-        values, observed = read(lo, min(hi, frames))
-        if hi > frames:
-            pad = [(0, hi - frames), (0, 0), (0, 0), (0, 0)]
-            values, observed = np.pad(values, pad), np.pad(observed, pad)
+        chunks.append((a, b, lo, hi, first_pass, second_pass))
+    sweeps = None
+    if model.smoother is not None:
+        sweeps = _Sweeps(Smoother(model.smoother), model, padded, span,
+                         _times(times, frames, span), domain, device, step,
+                         [(lo, hi) for _, _, lo, hi, _, _ in chunks])
+    bar = tqdm(total=(fill.stop - fill.start) * len(tiles), desc="impute", disable=not progress,
+               unit="frame", unit_scale=1 / len(tiles) if len(tiles) > 1 else 1)
+    context = _Context(model, domain, device, batch, guided, rho, guidance_weight, omega_shape,
+                       steps, seed)
+    outside, empty = 0, []
+    for a, b, lo, hi, first_pass, second_pass in chunks:
+        values, observed = padded(lo, hi)
+        states = None if sweeps is None else sweeps.chunk(lo, hi, values, observed)
         total = np.zeros((ensemble, b - a) + values.shape[1:], np.float32)
         weights = np.zeros((h, w))
         for t, tile in enumerate(tiles):
-            est = context.tile(values, observed, tile, t, lo, first_pass, second_pass)
+            est = context.tile(values, observed, tile, t, lo, first_pass, second_pass, states)
             blend(total, weights, tile, est[:, a - lo:b - lo])
             bar.update(b - a)
         total /= weights
@@ -191,6 +210,93 @@ def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndar
     if context.ratios:
         log.info("guided prior contexts keep %.2f of the observed cells on average (%.2f–%.2f)",
                  float(np.mean(context.ratios)), min(context.ratios), max(context.ratios))
+
+
+def _padded_reader(read: Callable[[int, int], tuple[np.ndarray, np.ndarray]], frames: int
+                   ) -> Callable[[int, int], tuple[np.ndarray, np.ndarray]]:
+    """``read`` extended beyond the record's last frame with frames that observe nothing."""
+    def padded(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        values, observed = read(a, min(b, frames))
+        if b > frames:
+            pad = [(0, b - max(a, frames)), (0, 0), (0, 0), (0, 0)]
+            values, observed = np.pad(values, pad), np.pad(observed, pad)
+        return values, observed
+
+    return padded
+
+
+def _times(times: np.ndarray | None, frames: int, span: int) -> np.ndarray:
+    """The frames' times (0, 1, … by default), continued past the record by its median step."""
+    out = np.arange(frames, dtype=np.float64) if times is None else np.asarray(
+        times, dtype=np.float64)
+    if span > frames:
+        step = float(np.median(np.diff(out))) if frames > 1 else 1.0
+        out = np.concatenate([out, out[-1] + step * np.arange(1, span - frames + 1)])
+    return out
+
+
+class _Sweeps:
+    """The temporal smoother over a whole record read chunk by chunk: one forward and one
+    backward sweep keep the states at the chunks' edges; each chunk then filters its own frames
+    from them (the same operations as the sweeps, so the same bits)."""
+
+    def __init__(self, smoother: Smoother, model: DenoiserModel,
+                 read: Callable[[int, int], tuple[np.ndarray, np.ndarray]], span: int,
+                 times: np.ndarray, domain: np.ndarray, device: torch.device, step: int,
+                 edges: list[tuple[int, int]]) -> None:
+        self.smoother, self.model, self.domain, self.device = smoother, model, domain, device
+        self.times = torch.from_numpy(times).to(device)
+        entering = {lo - 1 for lo, _ in edges if lo > 0}      # forward state after this frame
+        leaving = {hi for _, hi in edges if hi < span}         # backward state after this frame
+        self.forward: dict[int, torch.Tensor] = {}
+        self.backward: dict[int, torch.Tensor] = {}
+        state = None
+        for a in range(0, max(entering, default=-1) + 1, step):
+            b = min(a + step, span)
+            run = self._filter(read, a, b, state, reverse=False)
+            self.forward.update({f: run[f - a] for f in entering if a <= f < b})
+            state = run[-1]
+        state = None
+        for b in range(span, min(leaving, default=span), -step):
+            a = max(b - step, 0)
+            run = self._filter(read, a, b, state, reverse=True)
+            self.backward.update({f: run[f - a] for f in leaving if a <= f < b})
+            state = run[0]
+
+    def _normalised(self, values: np.ndarray, observed: np.ndarray
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised values and observed cells inside the domain, on the device."""
+        seen = observed & self.domain[None, None]
+        normed = self.model.normalization.apply(values, seen)
+        return torch.from_numpy(normed).to(self.device), torch.from_numpy(seen).to(self.device)
+
+    def _filter(self, read: Callable[[int, int], tuple[np.ndarray, np.ndarray]] | None, a: int,
+                b: int, state: torch.Tensor | None, reverse: bool,
+                data: tuple[np.ndarray, np.ndarray] | None = None) -> torch.Tensor:
+        """Filtered states of frames [a, b), continuing ``state`` (the frame just outside)."""
+        values, observed = self._normalised(*(data if data is not None else read(a, b)))
+        sm, t = self.smoother, self.times
+        start = None
+        if state is not None:
+            gap = (t[b] - t[b - 1]) if reverse else (t[a] - t[a - 1])
+            start = sm.predict(state.to(torch.float64), sm.transition(gap.reshape(1)))
+        return sm.record(values, observed, t[a:b], start, reverse)
+
+    def chunk(self, lo: int, hi: int, values: np.ndarray, observed: np.ndarray) -> RecordStates:
+        """States of frames lo − 1 … hi (the chunk and its two edges) and their times."""
+        sm, t = self.smoother, self.times
+        before = self.forward.get(lo - 1)
+        after = self.backward.get(hi)
+        forward = self._filter(None, lo, hi, before, False, (values, observed))
+        backward = self._filter(None, lo, hi, after, True, (values, observed))
+        prior = sm.prior(forward.shape[1:-1], forward.device).float()
+        inf = torch.full((1,), np.inf, dtype=t.dtype, device=t.device)
+        times = torch.cat([t[lo - 1:lo] if lo > 0 else -inf, t[lo:hi],
+                           t[hi:hi + 1] if hi < len(t) else inf])
+        return RecordStates(torch.cat([(prior if before is None else before)[None], forward,
+                                       prior[None]]),
+                            torch.cat([prior[None], backward,
+                                       (prior if after is None else after)[None]]), times)
 
 
 def _windows_owning(by_start: dict[int, list[_Job]], starts: list[int], window: int, a: int,
@@ -248,8 +354,13 @@ class _Context:
             overlap=getattr(model.partition, "overlap", 0.0))
 
     def tile(self, values: np.ndarray, observed: np.ndarray, tile: Tile, index: int, lo: int,
-             first_pass: list[_Job], second_pass: list[_Job]) -> np.ndarray:
-        """Normalised estimates (K, frames, C, h, w) of one tile over frames [lo, lo + frames)."""
+             first_pass: list[_Job], second_pass: list[_Job],
+             states: RecordStates | None = None) -> np.ndarray:
+        """Normalised estimates (K, frames, C, h, w) of one tile over frames [lo, lo + frames).
+
+        ``states`` (frames lo − 1 … lo + frames, from :class:`_Sweeps`) give each window the
+        temporal smoother's messages from the rest of the record.
+        """
         model, dev = self.model, self.device
         win = model.window
         multiple = model.denoiser.net.config.multiple
@@ -269,6 +380,18 @@ class _Context:
         ensemble = 1 + max(j.member for j in first_pass)
         est = torch.zeros((ensemble, n, c, hp, wp), device=dev)
         partition = self.partition(dom_t)
+        smoother = None if model.smoother is None else Smoother(model.smoother)
+        if states is not None and smoother is not None:
+            states = _tile_states(states, tile, (hp, wp), smoother)
+
+        def guess(r: int, wv: torch.Tensor):
+            """The first guess of window r's members as a function of their context."""
+            if smoother is None or states is None:
+                return None
+            # states[0] is frame lo − 1: window r enters from index r and starts at r + 1
+            messages = window_messages(smoother, states, torch.tensor([r + 1]), win)
+            return lambda ctx: first_guess(smoother, wv.expand(len(ctx), -1, -1, -1), ctx,
+                                           messages, win)
 
         def run(jobs: list[_Job], stage: int, sampler) -> None:
             by_start: dict[int, list[_Job]] = {}
@@ -286,7 +409,8 @@ class _Context:
 
         sigma = model.schedule.sigma_min
         run(first_pass, 0, lambda r, wv, wo, g: single_step(
-            self.denoiser, wv, wo, dom, partition, sigma, g, self.batch, cells))
+            self.denoiser, wv, wo, dom, partition, sigma, g, self.batch, cells,
+            guess(r, wv[None])))
         if isinstance(partition, GuidedPriorPartition):
             self.ratios += partition.ratios
         if second_pass:
@@ -294,8 +418,25 @@ class _Context:
             run(second_pass, 1, lambda r, wv, wo, g: multi_step(
                 self.denoiser, wv, wo, dom, prior_mean[r:r + win].reshape(win * c, hp, wp),
                 model.partition, model.schedule, self.steps, g, self.omega_shape, self.batch,
-                cells))
+                cells, guess(r, wv[None])))
         return est[..., :th, :tw].cpu().numpy()
+
+
+def _tile_states(states: RecordStates, tile: Tile, padded: tuple[int, int],
+                 smoother: Smoother) -> RecordStates:
+    """A chunk's smoother states at a tile's cells, padded like the tile with the prior (a
+    padded cell is never observed)."""
+    def cut(s: torch.Tensor) -> torch.Tensor:
+        rows = torch.from_numpy(tile.rows).to(s.device)
+        cols = torch.from_numpy(tile.cols).to(s.device)
+        part = s.index_select(2, rows).index_select(3, cols)       # (n, C, h, w, 5)
+        if tuple(part.shape[2:4]) != tuple(padded):
+            out = smoother.prior((*part.shape[:2], *padded), s.device).to(s.dtype)
+            out[:, :, :part.shape[2], :part.shape[3]] = part
+            part = out
+        return part
+
+    return RecordStates(cut(states.forward), cut(states.backward), states.times)
 
 
 def _finish(model: DenoiserModel, est: np.ndarray, values: np.ndarray, observed: np.ndarray,
@@ -327,27 +468,41 @@ def _finish(model: DenoiserModel, est: np.ndarray, values: np.ndarray, observed:
                       spread_scale=spread_scale, observed=observed)
 
 
-def calibrate_spread(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
+def calibrate_spread(model: DenoiserModel,
+                     read: Callable[[int, int], tuple[np.ndarray, np.ndarray]], frames: int,
                      domain: np.ndarray, ensemble: int = 32, seed: int = 0,
                      **options: Any) -> float:
     """Factor that makes the ensemble spread match its error on withheld observations.
 
     A single-step ensemble varies only through its context masks, so its spread is narrower
-    than the error of its mean. In the middle frames of the record, a share of the observations
-    shaped like the real gaps is hidden (:func:`calibration_cells`, the cells training kept out
-    when this is its record) and imputed the same way (``options`` go to
-    :func:`impute_field`); the factor is sqrt(mean error² / mean spread²) on the hidden cells.
+    than the error of its mean. In the middle frames of the record (read by ``read(a, b)``, as
+    in :func:`impute_chunks`), a share of the observations shaped like the real gaps is hidden
+    (:func:`~ctxq_cli.withhold.calibration_cells`, the cells training kept out when this is its
+    record) and
+    imputed the same way, with every other frame of the record in reach (``options`` go to
+    :func:`impute_chunks`); the factor is sqrt(mean error² / mean spread²) on the hidden cells.
     """
-    frames, hidden = calibration_cells(observed, domain)
+    used = calibration_frames(frames)
+    v, o = read(used.start, used.stop)
+    hidden = calibration_hidden(o, domain)
     if hidden is None:
         log.warning("too few observations to calibrate the spread; left as is")
         return 1.0
-    v, o = values[frames], observed[frames]
-    kept = o & ~hidden
-    trial = impute_field(model, np.where(kept, v, 0), kept, domain, ensemble, 1, seed,
-                         progress=False, **options)
-    err2 = float(np.mean((trial.mean[hidden] - v[hidden]).astype(np.float64) ** 2))
-    spread2 = float(np.mean(trial.std[hidden].astype(np.float64) ** 2))
+
+    def without_hidden(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        values, observed = read(a, b)
+        lo, hi = max(a, used.start), min(b, used.stop)
+        if lo < hi:
+            observed = observed.copy()
+            observed[lo - a:hi - a] &= ~hidden[lo - used.start:hi - used.start]
+        return np.where(observed, values, 0), observed
+
+    parts = list(impute_chunks(model, without_hidden, frames, domain, ensemble, 1, seed,
+                               progress=False, fill=used, **options))
+    mean = np.concatenate([p.mean for _, p in parts])
+    std = np.concatenate([p.std for _, p in parts])
+    err2 = float(np.mean((mean[hidden] - v[hidden]).astype(np.float64) ** 2))
+    spread2 = float(np.mean(std[hidden].astype(np.float64) ** 2))
     scale = float(np.sqrt(err2 / spread2)) if spread2 > 0 else 1.0
     held = model.training.get("calibration_holdout", {}).get("fingerprint")
     unseen = held == mask_fingerprint(o, domain)

@@ -76,11 +76,59 @@ class Field:
             return self.values.shape[0]
         return self.shape[self.time_axis]
 
+    def times(self) -> tuple[np.ndarray | None, str]:
+        """The frames' times in days and "days", from the CF time coordinate (any calendar);
+        (None, "frames") when there is none to decode (frames are then one unit apart)."""
+        if self.time_axis is None or not self.dims:
+            return None, "frames"
+        name = self.dims[self.time_axis]
+        coord = next((c for c in self.coords if c.name == name and c.dims == (name,)), None)
+        if coord is None or " since " not in str(coord.attrs.get("units", "")):
+            return None, "frames"
+        days = decode_days(self.path, coord)
+        back = np.flatnonzero(np.diff(days) <= 0)
+        if len(back):
+            raise CtxqError(f"{self.path}: time coordinate '{name}' does not increase at frame "
+                            f"{back[0] + 1} ({days[back[0]]:g} then {days[back[0] + 1]:g} days); "
+                            "frames must be in time order without repeats")
+        return days, "days"
+
     def describe(self) -> str:
         """A short human description: names, shape and observed fraction."""
         t, c, h, w = self.values.shape
         frac = self.observed.mean() if self.observed.size else 0.0
         return f"{', '.join(self.names)}: {t} frames of {h}×{w}, {100 * frac:.1f} % observed"
+
+
+def decode_days(path: Path, coord: Coordinate) -> np.ndarray:
+    """A CF time coordinate in days since its own reference date, in its own calendar."""
+    import cftime
+
+    units = str(coord.attrs["units"])
+    calendar = str(coord.attrs.get("calendar", "standard"))
+    reference = "days since " + units.split(" since ", 1)[1]
+    try:
+        values = np.asarray(coord.values, dtype=np.float64)
+        dates = cftime.num2date(values, units, calendar)
+        days = np.asarray(cftime.date2num(dates, reference, calendar), dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise CtxqError(f"{path}: time coordinate '{coord.name}' cannot be decoded "
+                        f"(units '{units}', calendar '{calendar}': {exc})") from None
+    if not np.isfinite(days).all():
+        raise CtxqError(f"{path}: time coordinate '{coord.name}' has missing values")
+    return days
+
+
+def describe_times(times: np.ndarray | None, unit: str) -> str:
+    """One line on a record's sampling in time: its step and irregularities."""
+    if times is None or len(times) < 2:
+        return "no time coordinate: frames are taken one unit apart"
+    steps = np.diff(times)
+    step = float(np.median(steps))
+    irregular = int(np.sum(~np.isclose(steps, step, rtol=1e-3)))
+    return (f"time step {step:.4g} {unit}" + (f", {irregular} irregular step(s) (from "
+                                               f"{steps.min():.4g} to {steps.max():.4g} {unit})"
+                                               if irregular else ""))
 
 
 # ----------------------------------------------------------------------------- reading

@@ -20,6 +20,7 @@ from ctxq_cli.diffusion import Denoiser, NoiseSchedule
 from ctxq_cli.errors import CtxqError
 from ctxq_cli.maskprior import MaskPrior, MaskPriorConfig
 from ctxq_cli.partition import IntersectionPartition, Partition, build_partition
+from ctxq_cli.temporal import SmootherConfig
 from ctxq_cli.unet import UNetConfig
 
 KIND = "denoiser"
@@ -101,6 +102,7 @@ class DenoiserModel:
     step: int = 0
     training: dict[str, Any] = field(default_factory=dict)
     mask_prior: MaskPriorModel | None = None   # for the ``prior`` partition
+    smoother: SmootherConfig | None = None      # the first guess from the whole record
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -128,6 +130,7 @@ class DenoiserModel:
             "grid": list(self.grid),
             "step": self.step,
             "training": self.training,
+            "temporal": None if self.smoother is None else self.smoother.to_dict(),
         }
 
     def save(self, path: Path | str, weights: dict[str, torch.Tensor] | None = None) -> None:
@@ -155,7 +158,10 @@ class DenoiserModel:
             cfg = meta["model"]
             config = UNetConfig(**{**cfg, "channels": tuple(cfg["channels"]),
                                    "grid": tuple(cfg["grid"]) if cfg.get("grid") else None})
-            denoiser = Denoiser(config, sigma_data=float(meta.get("sigma_data", 1.0)))
+            smoother = (SmootherConfig.from_dict(meta["temporal"]) if meta.get("temporal")
+                        else None)
+            denoiser = Denoiser(config, sigma_data=float(meta.get("sigma_data", 1.0)),
+                                first_guess=smoother is not None)
             denoiser.load_state_dict(ckpt.weights)
             pool = None
             if "mask_pool" in ckpt.extras:  # bit-packed boolean masks
@@ -175,6 +181,7 @@ class DenoiserModel:
                 domain=ckpt.extras["domain"].numpy().astype(bool),
                 step=int(meta.get("step", 0)),
                 training=dict(meta.get("training", {})),
+                smoother=smoother,
             )
             _check_numbers(model)
             if "mask_prior" in meta:

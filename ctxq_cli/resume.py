@@ -57,6 +57,10 @@ class TrainingState:
     optimizer: dict[str, Any]
     rng: dict[str, torch.Tensor]    # "generator" is rank 0's, "generator.<r>" rank r's
     sampler: dict[str, int] | None = None
+    best: dict[str, torch.Tensor] | None = None   # EMA weights of the best validation
+    best_step: int = 0
+    best_val: float = float("inf")
+    validations_since_best: int = 0
 
 
 def _generator_key(rank: int) -> str:
@@ -67,7 +71,9 @@ def _generator_key(rank: int) -> str:
 def capture(step: int, progress: float, seconds: float, loss_avg: float | None,
             val_loss: float | None, options: dict[str, Any], fingerprint: dict[str, Any],
             network: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
-            generators: list[torch.Tensor], sampler: Any = None) -> TrainingState:
+            generators: list[torch.Tensor], sampler: Any = None,
+            best: dict[str, torch.Tensor] | None = None, best_step: int = 0,
+            best_val: float = float("inf"), since_best: int = 0) -> TrainingState:
     """Snapshot a running loop (tensors are copied to the CPU); one generator state per rank."""
     rng = {"torch": torch.get_rng_state()}
     rng.update({_generator_key(r): g for r, g in enumerate(generators)})
@@ -77,7 +83,9 @@ def capture(step: int, progress: float, seconds: float, loss_avg: float | None,
                          val_loss=val_loss, options=options, fingerprint=fingerprint,
                          network=_cpu(network.state_dict()), ema=_cpu(ema.state_dict()),
                          optimizer=optimizer.state_dict(), rng=rng,
-                         sampler=None if sampler is None else sampler.state_dict())
+                         sampler=None if sampler is None else sampler.state_dict(),
+                         best=best, best_step=best_step, best_val=best_val,
+                         validations_since_best=since_best)
 
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -91,6 +99,7 @@ def save_state(path: Path, state: TrainingState) -> None:
     tensors = {f"network.{k}": v for k, v in state.network.items()}
     tensors.update({f"ema.{k}": v for k, v in state.ema.items()})
     tensors.update({f"rng.{k}": v for k, v in state.rng.items()})
+    tensors.update({f"best.{k}": v for k, v in (state.best or {}).items()})
     param_state: dict[str, list[str]] = {}
     for index, entries in state.optimizer["state"].items():
         param_state[str(index)] = []
@@ -102,7 +111,10 @@ def save_state(path: Path, state: TrainingState) -> None:
             "seconds": state.seconds, "loss_avg": state.loss_avg, "val_loss": state.val_loss,
             "options": state.options, "fingerprint": state.fingerprint,
             "optimizer_groups": state.optimizer["param_groups"],
-            "optimizer_state": param_state, "sampler": state.sampler}
+            "optimizer_state": param_state, "sampler": state.sampler,
+            "best_step": state.best_step,
+            "best_val": state.best_val if state.best_val != float("inf") else None,
+            "validations_since_best": state.validations_since_best}
     if newest.exists():
         os.replace(newest, previous)
     checkpoint.save(newest, meta, tensors)
@@ -139,7 +151,10 @@ def _read(path: Path) -> TrainingState:
             fingerprint=dict(meta["fingerprint"]), network=group("network."),
             ema=group("ema."),
             optimizer={"state": opt_state, "param_groups": meta["optimizer_groups"]},
-            rng=group("rng."), sampler=meta.get("sampler"))
+            rng=group("rng."), sampler=meta.get("sampler"), best=group("best.") or None,
+            best_step=int(meta.get("best_step", 0)),
+            best_val=float("inf") if meta.get("best_val") is None else float(meta["best_val"]),
+            validations_since_best=int(meta.get("validations_since_best", 0)))
     except (KeyError, TypeError, ValueError) as exc:
         raise CtxqError(f"{path}: resumable state is corrupted ({type(exc).__name__})") from None
 

@@ -1,7 +1,15 @@
 """Training: the denoiser's setup and the optimisation loop every model shares.
 
 The loop (AdamW, warm-up and cosine decay, clipping, EMA, time budget) writes resumable states
-periodically and when asked to stop, and resumes from them bit for bit on the same device.
+periodically and when asked to stop, and resumes from them bit for bit on the same device. It
+keeps the EMA weights that did best on the validation windows and stops when they have not
+improved for ``patience`` validations: a record of few independent states (a slowly evolving
+daily field) is otherwise memorised, the validation loss rising while the training loss falls.
+
+Validation windows lie in blocks of frames spread over the record, the last block at its end,
+so that they sample the states of the whole record and its newest frames; no training window
+overlaps them, while their observations still reach neighbouring windows through the temporal
+smoother, as every observation of a file does when it is filled.
 """
 
 from __future__ import annotations
@@ -23,8 +31,14 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ctxq_cli import distributed, resume
-from ctxq_cli.data import Normalization, Windows, padded_size
-from ctxq_cli.diffusion import Denoiser, NoiseSchedule, context_query_loss, parameter_count
+from ctxq_cli.data import Batch, Normalization, Windows, padded_size
+from ctxq_cli.diffusion import (
+    Denoiser,
+    FirstGuess,
+    NoiseSchedule,
+    context_query_loss,
+    parameter_count,
+)
 from ctxq_cli.distributed import WindowSampler
 from ctxq_cli.errors import CtxqError, Interrupted
 from ctxq_cli.maskprior import (
@@ -44,6 +58,7 @@ from ctxq_cli.partition import (
     choose_partition,
     mask_structure,
 )
+from ctxq_cli.temporal import Smoother, SmootherConfig, fit_smoother, first_guess
 from ctxq_cli.unet import UNetConfig
 from ctxq_cli.withhold import calibration_cells, mask_fingerprint
 
@@ -64,6 +79,7 @@ class LoopOptions:
     grad_clip: float = 1.0
     seed: int = 0
     val_every: int = 250
+    patience: int = 8          # validations without improvement before stopping (0: never)
     checkpoint_every: int = 1000
     precision: str = "auto"    # bf16 autocast on GPUs, float32 on CPUs
     compile: bool = False      # torch.compile the network being trained
@@ -74,6 +90,7 @@ class TrainOptions(LoopOptions):
     """Everything that shapes a denoiser's training run; stored in the checkpoint."""
 
     window: int = 3
+    temporal: str = "smoother"    # the first guess from the whole record (none: no first guess)
     partition: str = "auto"
     context_ratio: float = 0.8
     block_size: int | None = None
@@ -153,6 +170,14 @@ def _lr_factor(progress: float, step: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def batch_first_guess(windows: Windows, batch: Batch) -> FirstGuess | None:
+    """The first guess of a batch's windows as a function of their context (None: no smoother)."""
+    if windows.smoother is None or batch.messages is None:
+        return None
+    smoother, messages, window = windows.smoother, batch.messages, windows.window
+    return lambda context: first_guess(smoother, batch.values, context, messages, window)
+
+
 @torch.no_grad()
 def validation_loss(denoiser: Denoiser, windows: Windows, partition: Partition,
                     schedule: NoiseSchedule, seed: int) -> float:
@@ -160,43 +185,85 @@ def validation_loss(denoiser: Denoiser, windows: Windows, partition: Partition,
     g = torch.Generator(device=windows.values.device).manual_seed(seed)
     low = NoiseSchedule(**{**schedule.to_dict(), "low_noise_fraction": 1.0})
     total, n = 0.0, 0
-    for v, o, d in windows.sequential(stride=max(1, windows.window)):
-        total += float(context_query_loss(denoiser, v, o, d, partition, low, g)) * len(v)
-        n += len(v)
+    for batch in windows.sequential(stride=max(1, windows.window)):
+        total += float(context_query_loss(denoiser, batch.values, batch.observed, batch.domain,
+                                          partition, low, g, batch.cells,
+                                          batch_first_guess(windows, batch))) * len(batch.values)
+        n += len(batch.values)
     return total / max(n, 1)
+
+
+VALIDATION_BLOCKS = 5   # validation frames come in up to this many blocks, the last at the end
+
+
+def validation_frames(frames: int, window: int, fraction: float) -> np.ndarray:
+    """Which frames validate (bool, (T,)): ``fraction`` of them in blocks spread evenly over
+    the record, the last block at its end; none when either side would hold less than a window.
+    """
+    chosen = np.zeros(frames, bool)
+    count = int(round(frames * fraction))
+    if count < window or frames - count < window:
+        return chosen
+    blocks = max(1, min(VALIDATION_BLOCKS, count // (2 * window)))
+    length = count // blocks
+    for i in range(blocks):
+        end = int(round((i + 1) * frames / blocks))
+        chosen[end - length:end] = True
+    return chosen
 
 
 def split_windows(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
                   options: TrainOptions | MaskPriorOptions, multiple: int,
-                  device: torch.device) -> tuple[Windows, Windows | None]:
-    """Training windows and, when long enough, validation windows from the last frames."""
-    t = values.shape[0]
-    n_val = int(round(t * options.val_fraction))
-    if n_val < options.window or t - n_val < options.window:
-        n_val = 0
+                  device: torch.device, smoother: Smoother | None = None,
+                  times: np.ndarray | None = None) -> tuple[Windows, Windows | None]:
+    """Training windows and, when the record is long enough, validation windows (in blocks
+    of frames that no training window touches, see :func:`validation_frames`)."""
+    t, w = values.shape[0], options.window
+    held = validation_frames(t, w, options.val_fraction)
+    covered = np.lib.stride_tricks.sliding_window_view(held, w)     # (T − W + 1, W)
+    everything = Windows(values, observed, domain, w, multiple, options.patch, device,
+                         smoother=smoother, times=times)
+    train = np.flatnonzero(~covered.any(axis=1))
+    val = np.flatnonzero(covered.all(axis=1))
+    if not held.any() or not len(val) or not len(train):
+        return everything, None
+    return everything.subset(train), everything.subset(val)
 
-    def windows(frames: tuple[int, int]) -> Windows:
-        return Windows(values, observed, domain, options.window, multiple, options.patch,
-                       frames, device)
 
-    return windows((0, t - n_val)), (windows((t - n_val, t)) if n_val else None)
+TEMPORAL = ("smoother", "none")   # first guesses from the whole record a denoiser can use
 
 
 def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
                    variables: list[str], options: TrainOptions, device: torch.device,
                    log_file: IO[str] | None = None, progress: bool = True,
                    control: RunControl | None = None,
-                   mask_prior: MaskPriorModel | None = None) -> DenoiserModel:
-    """Train a denoiser on a field (T, C, H, W) with its observation mask and domain (H, W)."""
+                   mask_prior: MaskPriorModel | None = None, times: np.ndarray | None = None,
+                   time_unit: str = "frames") -> DenoiserModel:
+    """Train a denoiser on a field (T, C, H, W) with its observation mask and domain (H, W).
+
+    ``times`` (T,) are the frames' times in ``time_unit`` (default: 0, 1, 2, … frames).
+    """
+    if options.temporal not in TEMPORAL:
+        raise CtxqError(f"--temporal must be one of {', '.join(TEMPORAL)}, not "
+                        f"'{options.temporal}'")
     torch.manual_seed(options.seed)
     gen = torch.Generator(device=device).manual_seed(options.seed)
+    times = np.arange(len(values), dtype=np.float64) if times is None else np.asarray(
+        times, dtype=np.float64)
     observed = observed & domain[None, None]  # cells outside the domain never take part
     holdout = None
     if options.calibration_holdout:
         observed, holdout = _hold_out_calibration_cells(observed, domain)
     norm = Normalization.fit(values, observed, per_cell=options.normalization == "cell")
     normed = norm.apply(values, observed)
-    config = UNetConfig(in_channels=Denoiser.input_channels(options.window * values.shape[1]),
+    smoother_config: SmootherConfig | None = None
+    if options.temporal == "smoother":
+        start = time.perf_counter()
+        smoother_config = fit_smoother(normed, observed, domain, times, time_unit, options.seed)
+        log.info("temporal smoother fitted in %.1f s", time.perf_counter() - start)
+    guessed = smoother_config is not None
+    config = UNetConfig(in_channels=Denoiser.input_channels(options.window * values.shape[1],
+                                                            guessed),
                         out_channels=options.window * values.shape[1],
                         channels=tuple(options.channels), patch=options.stem_patch,
                         attention_heads=options.attention_heads)
@@ -205,17 +272,18 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
             config, position_channels=options.position_channels,
             grid=(padded_size(values.shape[-2], config.multiple),
                   padded_size(values.shape[-1], config.multiple)))
-    train_w, val_w = split_windows(normed, observed, domain, options, config.multiple, device)
+    train_w, val_w = split_windows(normed, observed, domain, options, config.multiple, device,
+                                   None if smoother_config is None else Smoother(smoother_config),
+                                   times)
     if mask_prior is not None and mask_prior.window != options.window:
         raise CtxqError(f"the mask prior's window ({mask_prior.window} frames) differs from "
                         f"--window {options.window}; train the prior with --window "
                         f"{options.window}")
-    partition, why = make_partition(options, observed[: train_w.stop], domain, train_w, gen,
-                                    mask_prior)
+    partition, why = make_partition(options, observed, domain, train_w, gen, mask_prior)
     log.info("partition: %s (%s)", partition.name, why)
 
     schedule = NoiseSchedule(low_noise_fraction=options.low_noise_fraction)
-    denoiser = Denoiser(config).to(device)
+    denoiser = Denoiser(config, first_guess=guessed).to(device)
     log.info("denoiser: %d parameters, window %d, %d training windows%s",
              parameter_count(denoiser), options.window, train_w.count,
              f", {val_w.count} validation windows" if val_w else ", no validation split")
@@ -226,15 +294,17 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
                             options.seed, control.group)
 
     def loss_fn(net: nn.Module, g: torch.Generator) -> Tensor:
-        v, o, d, cells = train_w.batch(sampler.next(), g)
-        return context_query_loss(net, v, o, d, partition, schedule, g, cells)
+        batch = train_w.batch(sampler.next(), g)
+        return context_query_loss(net, batch.values, batch.observed, batch.domain, partition,
+                                  schedule, g, batch.cells, batch_first_guess(train_w, batch))
 
     def validate(ema: nn.Module) -> float:
         return validation_loss(ema, val_w, partition, schedule, options.seed)
 
     fingerprint = {"shape": list(values.shape), "variables": list(variables),
                    "normalization": norm.to_dict(), "observed": int(observed.sum()),
-                   "domain": int(domain.sum())}
+                   "domain": int(domain.sum()),
+                   "temporal": None if smoother_config is None else smoother_config.to_dict()}
     log.info("batch size %d%s", options.batch_size,
              f" ({sampler.batch} per process × {control.group.world} processes)"
              if control.group.active else "")
@@ -246,7 +316,8 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
     return DenoiserModel(denoiser=ema, schedule=schedule, normalization=norm, partition=partition,
                          variables=list(variables), window=options.window, domain=domain,
                          step=summary["steps_done"], training=summary,
-                         mask_prior=mask_prior if partition.name == "prior" else None)
+                         mask_prior=mask_prior if partition.name == "prior" else None,
+                         smoother=smoother_config)
 
 
 def _hold_out_calibration_cells(observed: np.ndarray, domain: np.ndarray
@@ -285,15 +356,16 @@ def train_mask_prior(observed: np.ndarray, domain: np.ndarray, options: MaskPrio
                             options.seed, control.group)
 
     def loss_fn(net: nn.Module, g: torch.Generator) -> Tensor:
-        _, o, d, _ = train_w.batch(sampler.next(), g)
-        return mask_prior_loss(net, o, d, g)
+        batch = train_w.batch(sampler.next(), g)
+        return mask_prior_loss(net, batch.observed, batch.domain, g)
 
     @torch.no_grad()
     def validate(ema: nn.Module) -> float:
         g = torch.Generator(device=device).manual_seed(options.seed)
-        losses = [float(mask_prior_loss(ema, o, d, g)) * len(o)
-                  for _, o, d in val_w.sequential(stride=options.window)]
-        return sum(losses) / max(val_w.count // options.window, 1)
+        batches = val_w.sequential(stride=options.window)
+        losses = [float(mask_prior_loss(ema, b.observed, b.domain, g)) * len(b.observed)
+                  for b in batches]
+        return sum(losses) / max(sum(len(b.observed) for b in batches), 1)
 
     fingerprint = {"shape": list(masks.shape), "observed": int(masks.sum()),
                    "domain": int(domain.sum())}
@@ -339,12 +411,14 @@ def optimise(network: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator],
     """Minimise ``loss_fn`` with AdamW, warm-up, cosine decay, clipping and an EMA copy.
 
     Stops after ``options.steps`` steps or ``options.max_minutes`` (counted from this start),
-    writes a resumable state every ``options.checkpoint_every`` steps and when
-    ``control.should_stop()`` turns true (then raises :class:`Interrupted`), and resumes from
-    ``control.state_path`` when asked. Under torchrun the network is wrapped in
-    DistributedDataParallel; all decisions (stop, budget, divergence) are agreed by all ranks,
-    and only rank 0 writes. Losses stay on the device and are read every few steps, so a GPU
-    never waits for the host. Returns the EMA network and a summary of the run.
+    or early, when ``options.patience`` validations in a row did not improve on the best;
+    returns the EMA weights of the best validation (the last ones without validation). Writes a
+    resumable state every ``options.checkpoint_every`` steps and when ``control.should_stop()``
+    turns true (then raises :class:`Interrupted`), and resumes from ``control.state_path``
+    when asked. Under torchrun the network is wrapped in DistributedDataParallel; all decisions
+    (stop, budget, divergence) are agreed by all ranks, and only rank 0 writes. Losses stay on
+    the device and are read every few steps, so a GPU never waits for the host. Returns the EMA
+    network and a summary of the run.
     """
     group = control.group
     device = next(network.parameters()).device
@@ -366,6 +440,7 @@ def optimise(network: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator],
     opts = asdict(options)
     step = first_step = 0
     progress0, seconds0, loss_avg, val = 0.0, 0.0, None, float("nan")
+    best = Best()
     path = control.state_path
     if path is not None and control.resume:
         state = resume.load_state(path)
@@ -374,6 +449,8 @@ def optimise(network: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator],
         else:
             resume.check_compatible(path, state, opts, fingerprint)
             resume.restore(state, network, ema, opt, generator, group.rank, sampler)
+            best = Best(state.best_step, state.best_val, state.best,
+                        state.validations_since_best)
             step = first_step = state.step
             progress0, seconds0, loss_avg = state.progress, state.seconds, state.loss_avg
             val = float("nan") if state.val_loss is None else state.val_loss
@@ -402,7 +479,7 @@ def optimise(network: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator],
             resume.save_state(path, resume.capture(
                 step, schedule_progress(), seconds0 + agreed_elapsed, loss_avg,
                 None if math.isnan(val) else val, opts, fingerprint, network, ema, opt,
-                generators, sampler))
+                generators, sampler, best.weights, best.step, best.value, best.since))
         saved_step = step
 
     def synchronise() -> tuple[bool, bool]:
@@ -427,6 +504,7 @@ def optimise(network: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator],
                                       "elapsed_s": round(seconds0 + agreed_elapsed, 3)}
             if at == step and not math.isnan(val) and at % options.val_every == 0:
                 record["val_loss"] = val
+                record["best_val_loss"] = best.value
             if log_file is not None and group.main:
                 log_file.write(json.dumps(record) + "\n")
         pending.clear()
@@ -464,10 +542,16 @@ def optimise(network: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator],
         checkpointing = bool(options.checkpoint_every) and step % options.checkpoint_every == 0
         if validating:
             val = validate(ema)
+            best.offer(val, step, ema)
         if step % sync_every == 0 or validating or checkpointing or step == options.steps:
             stop, out_of_time = synchronise()
             if checkpointing:
                 save_state()
+        if validating and options.patience and best.since >= options.patience:
+            stopped_early = True
+            break
+    else:
+        stopped_early = False
     if pending:
         synchronise()
     if out_of_time:
@@ -476,13 +560,43 @@ def optimise(network: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator],
     elapsed = time.perf_counter() - start
     if validate is not None and step % options.val_every != 0:  # the final weights, once more
         val = validate(ema)
+        best.offer(val, step, ema)
     rate = (step - first_step) * options.batch_size / max(elapsed, 1e-9)
     log.info("trained to step %d in %.1f s: %.1f samples/s, final loss %.4f, validation loss "
              "%.4f", step, elapsed, rate, loss_avg or float("nan"), val)
+    if stopped_early:
+        log.info("stopped early at step %d: the validation loss has not improved on %.4f "
+                 "(step %d) in %d validations", step, best.value, best.step, best.since)
+    if best.weights is not None and best.step != step:
+        ema.load_state_dict(best.weights)
+        log.info("kept the weights of step %d, the lowest validation loss (%.4f; %.4f at the "
+                 "last step)", best.step, best.value, val)
     summary = {"options": opts, "steps_done": step, "seconds": round(seconds0 + elapsed, 1),
                "samples_per_s": round(rate, 2), "train_loss": loss_avg,
-               "val_loss": None if math.isnan(val) else val, "processes": group.world}
+               "val_loss": None if math.isnan(val) else val, "processes": group.world,
+               "best_step": best.step if best.weights is not None else step,
+               "best_val_loss": best.value if best.weights is not None else None,
+               "stopped_early": stopped_early}
     return ema, summary
+
+
+@dataclass
+class Best:
+    """The EMA weights with the lowest validation loss so far, and how many validations since."""
+
+    step: int = 0
+    value: float = math.inf
+    weights: dict[str, Tensor] | None = None
+    since: int = 0
+
+    def offer(self, value: float, step: int, ema: nn.Module) -> None:
+        """Keep ``ema``'s weights (a CPU copy) if ``value`` is the lowest yet."""
+        if math.isfinite(value) and value < self.value:
+            self.step, self.value, self.since = step, value, 0
+            self.weights = {k: v.detach().to("cpu", copy=True)
+                            for k, v in ema.state_dict().items()}
+        else:
+            self.since += 1
 
 
 def open_log(path: Path, append: bool = False) -> IO[str]:

@@ -83,8 +83,13 @@ def calibration_cells(observed: np.ndarray, domain: np.ndarray
                       ) -> tuple[slice, np.ndarray | None]:
     """The frames the spread is calibrated on and the cells hidden there (None: too few)."""
     frames = calibration_frames(len(observed))
-    hidden = withhold(observed[frames], domain, CALIBRATION_FRACTION, "mask", CALIBRATION_SEED)
-    return frames, hidden if hidden.sum() >= MIN_CALIBRATION_CELLS else None
+    return frames, calibration_hidden(observed[frames], domain)
+
+
+def calibration_hidden(observed: np.ndarray, domain: np.ndarray) -> np.ndarray | None:
+    """The cells hidden in the calibration frames' observations ``observed`` (None: too few)."""
+    hidden = withhold(observed, domain, CALIBRATION_FRACTION, "mask", CALIBRATION_SEED)
+    return hidden if hidden.sum() >= MIN_CALIBRATION_CELLS else None
 
 
 def mask_fingerprint(observed: np.ndarray, domain: np.ndarray) -> str:

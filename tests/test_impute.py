@@ -155,22 +155,23 @@ def test_one_tile_larger_than_the_grid_is_the_untiled_imputation(model):
     assert a.mean.tobytes() == b.mean.tobytes()
 
 
-def test_tile_borders_are_no_worse_than_tile_interiors():
+@pytest.mark.parametrize("temporal", ["none", "smoother"])
+def test_tile_borders_are_no_worse_than_tile_interiors(temporal):
     # A model trained on 24×24 patches of a 64×64 field fills the grid with 24×24 tiles. Cut
     # without overlap, the cells by the tile edges were 6 % worse than the rest; blended, better.
+    # The smoother's first guess is so good here that the cells' own difficulty outweighs any
+    # seam, so with it the tile edges are compared with the same cells filled untiled.
     g = 64
     truth = smooth_field(50, g, g, seed=8)[:, None]
     observed = np.random.default_rng(8).random(truth.shape) < 0.5
     domain = np.ones((g, g), bool)
     trained = train_denoiser(np.where(observed, truth, 0), observed, domain, ["u"],
                              TrainOptions(steps=150, channels=(8, 16), batch_size=8, window=1,
-                                          patch=24, lr=3e-3),
+                                          patch=24, lr=3e-3, temporal=temporal),
                              torch.device("cpu"), progress=False)
     test = slice(40, 50)
     v, o = np.where(observed, truth, 0)[test], observed[test]
     tiling = Tiling(size=24, overlap=8)
-    result = impute_field(trained, v, o, domain, ensemble=4, progress=False, tiling=tiling)
-    err = (result.mean - truth[test])[:, 0]
     tiles = plan((g, g), tiling)
     edges = ({int(t.rows[0]) for t in tiles} | {int(t.rows[-1]) + 1 for t in tiles}) - {0, g}
     near = np.zeros(g, bool)            # within 2 cells of a tile edge inside the grid
@@ -178,9 +179,19 @@ def test_tile_borders_are_no_worse_than_tile_interiors():
         near[max(edge - 2, 0):edge + 2] = True
     border = near[:, None] | near[None, :]
     hidden = ~o[:, 0]
-    border_rmse = np.sqrt(np.mean(err[border & hidden] ** 2))
-    interior_rmse = np.sqrt(np.mean(err[~border & hidden] ** 2))
-    assert border_rmse <= interior_rmse, (border_rmse, interior_rmse)
+
+    def rmse(tiling: Tiling, cells: np.ndarray) -> float:
+        result = impute_field(trained, v, o, domain, ensemble=4, progress=False, tiling=tiling)
+        err = (result.mean - truth[test])[:, 0]
+        return float(np.sqrt(np.mean(err[cells & hidden] ** 2)))
+
+    border_rmse = rmse(tiling, border)
+    if temporal == "none":
+        interior_rmse = rmse(tiling, ~border)
+        assert border_rmse <= interior_rmse, (border_rmse, interior_rmse)
+    else:
+        untiled = rmse(Tiling(), border)
+        assert border_rmse <= 1.02 * untiled, (border_rmse, untiled)
 
 
 def test_a_model_with_a_position_map_refuses_another_grid(model):
@@ -205,10 +216,12 @@ def test_a_whole_grid_tile_sees_the_position_map_it_was_trained_with():
 def test_the_spread_is_calibrated_on_cells_training_kept_out(model, caplog):
     values, observed, domain = _model_data()
     with caplog.at_level("INFO", logger="ctxq_cli.impute"):
-        scale = calibrate_spread(model, values, observed, domain, ensemble=4)
+        scale = calibrate_spread(model, lambda a, b: (values[a:b], observed[a:b]), len(values),
+                                 domain, ensemble=4)
     assert scale > 0 and "(kept out of training)" in caplog.text
     caplog.clear()
     other = np.random.default_rng(1).random(observed.shape) < 0.5   # not the training record
     with caplog.at_level("INFO", logger="ctxq_cli.impute"):
-        calibrate_spread(model, np.where(other, values, 0), other, domain, ensemble=4)
+        calibrate_spread(model, lambda a, b: (np.where(other, values, 0)[a:b], other[a:b]),
+                         len(values), domain, ensemble=4)
     assert "withheld observations" in caplog.text and "kept out" not in caplog.text

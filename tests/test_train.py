@@ -29,8 +29,8 @@ def test_training_reduces_the_query_loss(tmp_path):
     log_path = tmp_path / "log.jsonl"
     with open(log_path, "w") as f:
         model = train_denoiser(values, observed, domain, ["sst"],
-                               TrainOptions(steps=150, lr=3e-3, **TINY), torch.device("cpu"),
-                               f, progress=False)
+                               TrainOptions(steps=150, lr=3e-3, temporal="none", patience=0,
+                                            **TINY), torch.device("cpu"), f, progress=False)
     records = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert len(records) == 150
     first = np.mean([r["loss"] for r in records[:15]])
@@ -52,12 +52,15 @@ def test_checkpoint_round_trip(tmp_path):
     assert json.dumps(back.metadata()) == json.dumps(model.metadata())
     np.testing.assert_array_equal(back.domain, domain)
     assert torch.equal(back.partition.pool, model.partition.pool)
+    assert back.smoother == model.smoother is not None
     x = torch.randn(1, 3, 16, 16)
     ctx = torch.rand(1, 3, 16, 16) > 0.5
     dom = torch.ones(1, 1, 16, 16, dtype=torch.bool)
     s = torch.tensor([0.1])
+    guess = torch.randn(1, 6, 16, 16)
     with torch.no_grad():
-        torch.testing.assert_close(back.denoiser(x, s, ctx, dom), model.denoiser(x, s, ctx, dom))
+        torch.testing.assert_close(back.denoiser(x, s, ctx, dom, None, guess),
+                                   model.denoiser(x, s, ctx, dom, None, guess))
 
 
 def test_bad_checkpoints_give_one_line(tmp_path):
