@@ -3,6 +3,12 @@
 - ``linear``: per frame and variable, piecewise-linear interpolation on the Delaunay
   triangulation of the observed cells, nearest observed value outside their convex hull.
 
+- ``persistence``: per cell, what time alone gives. A hidden cell at time τ takes its nearest
+  earlier observation (at τ_p) and its nearest later one (at τ_n), weighted by the inverse of
+  their age, ẑ = (z_p/(τ − τ_p) + z_n/(τ_n − τ)) / (1/(τ − τ_p) + 1/(τ_n − τ)), which is
+  linear interpolation in time between them; one of them alone past the record's first or last
+  observation of the cell. A cell never observed is filled per frame like ``linear``.
+
 - ``dineof``: Data Interpolating Empirical Orthogonal Functions. With X the (cells × frames)
   matrix of standardised anomalies, Ω its observed entries and P_Ω the projection on them,
   iterate to a fixed point
@@ -91,6 +97,40 @@ def _spatial_fill(src: np.ndarray, vals: np.ndarray, dst: np.ndarray) -> np.ndar
             est[holes] = NearestNDInterpolator(src, vals)(dst[holes])
         return est
     return NearestNDInterpolator(src, vals)(dst)
+
+
+def persistence(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
+                times: np.ndarray | None = None) -> np.ndarray:
+    """Fill (T, C, H, W) from each cell's nearest observations in time (``times``, (T,)).
+
+    Observed cells are returned unchanged; cells outside ``domain`` (H, W) are NaN.
+    """
+    t = values.shape[0]
+    times = np.arange(t, dtype=np.float64) if times is None else np.asarray(times, np.float64)
+    seen = observed & domain[None, None]
+    shape = values.shape[1:]
+    weight_sum = np.zeros(values.shape, np.float64)
+    weighted = np.zeros(values.shape, np.float64)
+    for order in (range(t), range(t - 1, -1, -1)):        # earlier, then later observations
+        last_value = np.zeros(shape, np.float64)
+        last_time = np.full(shape, np.nan)
+        for i in order:
+            age = np.abs(times[i] - last_time)
+            w = np.where(np.isfinite(age), 1.0 / np.maximum(age, 1e-12), 0.0)
+            weighted[i] += w * last_value
+            weight_sum[i] += w
+            last_value = np.where(seen[i], values[i], last_value)
+            last_time = np.where(seen[i], times[i], last_time)
+    out = np.full(values.shape, np.nan, dtype=np.float32)
+    ever = weight_sum > 0
+    out[ever] = (weighted[ever] / weight_sum[ever]).astype(np.float32)
+    never = ~seen.any(axis=0) & domain[None]                     # (C, H, W)
+    if never.any() and seen.any():
+        spatial = linear(np.where(np.isnan(out), 0, out), ~np.isnan(out), domain)
+        out = np.where(never[None], spatial, out)
+    out[seen] = values[seen]
+    out[:, :, ~domain] = np.nan
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

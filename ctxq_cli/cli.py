@@ -443,7 +443,7 @@ def impute(
     """
     with reporting(quiet) as progress:
         from ctxq_cli import io
-        from ctxq_cli.impute import calibrate_spread, impute_chunks
+        from ctxq_cli.impute import Spread, calibrate_spread, impute_chunks
         from ctxq_cli.model import DenoiserModel
         from ctxq_cli.tiles import Tiling
 
@@ -467,7 +467,7 @@ def impute(
                  f"{tiling.overlap}" if tiling.size else "one tile", frames_per_chunk)
         options = {"device": dev, "batch": batch_size, "guided": guided, "rho": guidance_rho,
                    "guidance_weight": guidance_weight, "tiling": tiling, "times": times}
-        scale = 1.0
+        scale = Spread()
         if calibrate and steps == 1:
             scale = calibrate_spread(model, source.read, source.frames, dom, ensemble, seed,
                                      chunk=frames_per_chunk, **options)
@@ -478,7 +478,7 @@ def impute(
                                                              __version__)) as writer:
             for a, result in impute_chunks(model, source.read, source.frames, dom, ensemble,
                                            steps, seed, members, progress=progress,
-                                           spread_scale=scale, chunk=frames_per_chunk,
+                                           spread=scale, chunk=frames_per_chunk,
                                            **options):
                 writer.write(a, _output_arrays(fld.names, result))
                 ever |= result.observed.any(axis=(0, 1))
@@ -486,7 +486,8 @@ def impute(
             provenance = {"ctxq_version": __version__, "ctxq_checkpoint": str(checkpoint),
                           "ctxq_ensemble": ensemble, "ctxq_steps": steps, "ctxq_seed": seed,
                           "ctxq_partition": model.partition.name, "ctxq_window": model.window,
-                          "ctxq_spread_scale": scale,
+                          "ctxq_spread_scale": scale.ensemble,
+                          "ctxq_spread_first_guess": scale.first_guess,
                           "ctxq_frames_without_observations": len(empty)}
             if empty:  # 0-based indices along time, e.g. for masking in analysis
                 provenance["ctxq_empty_frame_indices"] = np.asarray(empty, dtype=np.int32)
@@ -573,7 +574,8 @@ def evaluate(
     ensemble: Annotated[int, typer.Option(help="Ensemble members K.", min=1)] = 32,
     steps: Annotated[int, typer.Option(help="Sampler steps S.", min=1)] = 1,
     baseline: Annotated[str | None, typer.Option(
-        help="Baselines to score beside ctxq: any of dineof,linear,oi.")] = None,
+        help="Baselines to score beside ctxq: any of dineof, linear, oi and persistence (each "
+             "cell's nearest observations in time), comma-separated.")] = None,
     json_file: Annotated[Path | None, typer.Option(
         "--json", help="Write every number (overall and per frame) to this JSON file.")] = None,
     plot: Annotated[Path | None, typer.Option(
@@ -612,7 +614,7 @@ def evaluate(
             case = _imputed_file(data, truth, mask, var)
         for name in names:
             case.estimates.append(evaluation.run_baseline(
-                name, case.observed_values, case.observed, case.domain, seed))
+                name, case.observed_values, case.observed, case.domain, seed, case.times))
         report = evaluation.score(case.estimates, case.reference, case.cells, case.valid,
                                   case.variables)
         typer.echo(case.description)
@@ -660,7 +662,7 @@ def _imputed_file(data: Path, truth: Path, mask: Path | None, var: list[str] | N
         variables=est.names, observed_values=np.where(observed, est.values, 0),
         observed=observed, domain=dom, reference=ref.values,
         cells=gaps & ref.observed, valid=ref.observed & inside,
-        estimates=[evaluation.Estimate("ctxq", est.values, std=std)])
+        estimates=[evaluation.Estimate("ctxq", est.values, std=std)], times=est.times()[0])
 
 
 def _cross_validation(data: Path, truth: Path | None, mask: Path | None, var: list[str] | None,
@@ -671,7 +673,7 @@ def _cross_validation(data: Path, truth: Path | None, mask: Path | None, var: li
     import time
 
     from ctxq_cli import evaluation, io
-    from ctxq_cli.impute import calibrate_spread, impute_field
+    from ctxq_cli.impute import Spread, calibrate_spread, impute_field
     from ctxq_cli.model import DenoiserModel
     from ctxq_cli.withhold import withhold as hide
 
@@ -706,15 +708,16 @@ def _cross_validation(data: Path, truth: Path | None, mask: Path | None, var: li
     start = time.perf_counter()
     scale = (calibrate_spread(model, lambda a, b: (values[a:b], kept[a:b]), len(values), dom,
                               ensemble, seed, device=dev, batch=batch_size, times=times)
-             if calibrate and steps == 1 else 1.0)
+             if calibrate and steps == 1 else Spread())
     result = impute_field(model, values, kept, dom, ensemble, steps, seed, True, dev,
-                          batch_size, progress, spread_scale=scale, times=times)
+                          batch_size, progress, spread=scale, times=times)
     ctxq = evaluation.Estimate("ctxq", result.mean, std=result.std, members=result.members,
                                seconds=time.perf_counter() - start)
     return evaluation.Case(
         description=f"{data} with {checkpoint} (K = {ensemble}, S = {steps}), {what}",
         variables=fld.names, observed_values=values, observed=kept, domain=dom,
-        reference=reference, cells=cells, valid=valid, estimates=[ctxq])
+        reference=reference, cells=cells, valid=valid, estimates=[ctxq],
+        times=fld.times()[0])
 
 
 def _model_times(fld, model, data: Path) -> np.ndarray | None:

@@ -52,29 +52,38 @@ class Case:
     cells: np.ndarray               # scored cells
     valid: np.ndarray               # where the reference is known inside the domain
     estimates: list[Estimate]
+    times: np.ndarray | None = None   # (T,) the frames' times, for methods that use time
 
 
-def _dineof(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
-            seed: int) -> Estimate:
+def _dineof(values: np.ndarray, observed: np.ndarray, domain: np.ndarray, seed: int,
+            times: np.ndarray | None) -> Estimate:
     """DINEOF reconstruction."""
     return Estimate("dineof", baselines.dineof(values, observed, domain, seed=seed))
 
 
-def _linear(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
-            seed: int) -> Estimate:
+def _linear(values: np.ndarray, observed: np.ndarray, domain: np.ndarray, seed: int,
+            times: np.ndarray | None) -> Estimate:
     """Per-frame linear interpolation."""
     return Estimate("linear", baselines.linear(values, observed, domain))
 
 
-def _oi(values: np.ndarray, observed: np.ndarray, domain: np.ndarray, seed: int) -> Estimate:
+def _oi(values: np.ndarray, observed: np.ndarray, domain: np.ndarray, seed: int,
+        times: np.ndarray | None) -> Estimate:
     """Optimal interpolation with a fitted covariance, and its error standard deviation."""
     mean, std = baselines.optimal_interpolation(values, observed, domain, seed=seed,
                                                 return_std=True)
     return Estimate("oi", mean, std=std)
 
 
-BASELINES: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, int], Estimate]] = {
-    "dineof": _dineof, "linear": _linear, "oi": _oi}
+def _persistence(values: np.ndarray, observed: np.ndarray, domain: np.ndarray, seed: int,
+                 times: np.ndarray | None) -> Estimate:
+    """Each cell's nearest observations in time, weighted by the inverse of their age."""
+    return Estimate("persistence", baselines.persistence(values, observed, domain, times))
+
+
+Baseline = Callable[[np.ndarray, np.ndarray, np.ndarray, int, "np.ndarray | None"], Estimate]
+BASELINES: dict[str, Baseline] = {"dineof": _dineof, "linear": _linear, "oi": _oi,
+                                  "persistence": _persistence}
 
 
 def parse_baselines(text: str | None) -> list[str]:
@@ -90,10 +99,10 @@ def parse_baselines(text: str | None) -> list[str]:
 
 
 def run_baseline(name: str, values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
-                 seed: int = 0) -> Estimate:
-    """Fill with a named baseline, timed."""
+                 seed: int = 0, times: np.ndarray | None = None) -> Estimate:
+    """Fill with a named baseline, timed; ``times`` (T,) for the methods that use time."""
     start = time.perf_counter()
-    estimate = BASELINES[name](values, observed, domain, seed)
+    estimate = BASELINES[name](values, observed, domain, seed, times)
     estimate.seconds = time.perf_counter() - start
     log.info("%s: %.1f s", name, estimate.seconds)
     return estimate

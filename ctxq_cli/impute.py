@@ -37,11 +37,26 @@ from ctxq_cli.diffusion import multi_step, single_step
 from ctxq_cli.errors import CtxqError
 from ctxq_cli.maskprior import DEFAULT_CELL_WEIGHT, GuidedPriorPartition
 from ctxq_cli.model import DenoiserModel
-from ctxq_cli.temporal import RecordStates, Smoother, first_guess, window_messages
+from ctxq_cli.temporal import RecordStates, Smoother, first_guess, posterior, window_messages
 from ctxq_cli.tiles import Tile, Tiling, blend, plan
 from ctxq_cli.withhold import calibration_frames, calibration_hidden, mask_fingerprint
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """How the ensemble's spread becomes an uncertainty, from :func:`calibrate_spread`.
+
+    The spread of a cell is σ = sqrt((e σ_K)² + (g σ_first)²): σ_K the members' standard
+    deviation (their contexts differ), σ_first the temporal smoother's posterior standard
+    deviation, which knows how long ago and how near a cell was last seen, where every member
+    agrees. Members are their mean plus e times their deviations plus g σ_first ξ, with ξ an
+    independent standard normal draw per member and cell.
+    """
+
+    ensemble: float = 1.0      # e
+    first_guess: float = 0.0   # g
 
 
 @dataclass
@@ -55,8 +70,9 @@ class Imputation:
     std: np.ndarray
     members: np.ndarray | None   # (K, T, C, H, W)
     empty_frames: list[int]      # frames with no observation inside the domain
-    spread_scale: float = 1.0    # factor applied to the members' deviations from their mean
+    spread: Spread = Spread()
     observed: np.ndarray | None = None   # (T, C, H, W) the observed cells, as given
+    first_guess_std: np.ndarray | None = None   # (T, C, H, W) the smoother's, physical units
 
 
 def window_plan(frames: int, window: int, offset: int) -> list[tuple[int, int, int]]:
@@ -103,7 +119,7 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
                  domain: np.ndarray, ensemble: int = 32, steps: int = 1, seed: int = 0,
                  members: bool = False, device: torch.device = torch.device("cpu"),
                  batch: int = 64, progress: bool = True, omega_shape: str = "linear",
-                 guided: bool = True, spread_scale: float = 1.0, rho: float = 0.5,
+                 guided: bool = True, spread: Spread = Spread(), rho: float = 0.5,
                  guidance_weight: float = DEFAULT_CELL_WEIGHT, tiling: Tiling = Tiling(),
                  chunk: int | None = None, *, times: np.ndarray | None = None,
                  fill: slice | None = None) -> Imputation:
@@ -113,21 +129,23 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
     """
     parts = list(impute_chunks(model, lambda a, b: (values[a:b], observed[a:b]),
                                values.shape[0], domain, ensemble, steps, seed, members, device,
-                               batch, progress, omega_shape, guided, spread_scale, rho,
+                               batch, progress, omega_shape, guided, spread, rho,
                                guidance_weight, tiling, chunk, times=times, fill=fill))
     return Imputation(
         mean=np.concatenate([p.mean for _, p in parts]),
         std=np.concatenate([p.std for _, p in parts]),
         members=(np.concatenate([p.members for _, p in parts], axis=1) if members else None),
         empty_frames=[a + f for a, p in parts for f in p.empty_frames],
-        spread_scale=spread_scale, observed=np.concatenate([p.observed for _, p in parts]))
+        spread=spread, observed=np.concatenate([p.observed for _, p in parts]),
+        first_guess_std=(None if parts[0][1].first_guess_std is None else
+                         np.concatenate([p.first_guess_std for _, p in parts])))
 
 
 def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
                   frames: int, domain: np.ndarray, ensemble: int = 32, steps: int = 1,
                   seed: int = 0, members: bool = False, device: torch.device = torch.device("cpu"),
                   batch: int = 64, progress: bool = True, omega_shape: str = "linear",
-                  guided: bool = True, spread_scale: float = 1.0, rho: float = 0.5,
+                  guided: bool = True, spread: Spread = Spread(), rho: float = 0.5,
                   guidance_weight: float = DEFAULT_CELL_WEIGHT, tiling: Tiling = Tiling(),
                   chunk: int | None = None, *, times: np.ndarray | None = None,
                   fill: slice | None = None) -> Iterator[tuple[int, Imputation]]:
@@ -140,7 +158,7 @@ def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndar
     ``times`` (frames,) are the frames' times in the model's time unit (default 0, 1, …);
     ``fill`` restricts the frames filled (the temporal smoother still sees every frame).
 
-    Members deviate from their mean by ``spread_scale`` times the raw deviations (see
+    The spread and the members follow ``spread`` (see :class:`Spread` and
     :func:`calibrate_spread`). With a ``prior`` partition and ``guided``, each member's context
     is drawn afresh from the mask prior guided towards that member's observation window
     (anchor share ``rho``, weight ``guidance_weight`` per in-domain cell); otherwise from the
@@ -196,8 +214,13 @@ def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndar
         total /= weights
         mine = slice(a - lo, b - lo)
         outside += int((observed[mine] & ~domain[None, None]).sum())
-        result = _finish(model, total, values[mine], observed[mine], domain, spread_scale,
-                         members)
+        first_std = None
+        if states is not None:
+            _, var = posterior(sweeps.smoother, states, slice(1 + a - lo, 1 + b - lo))
+            first_std = (var.sqrt().float().cpu().numpy()
+                         * np.asarray(model.normalization.std, np.float32)[:, None, None])
+        result = _finish(model, total, values[mine], observed[mine], domain, spread, members,
+                         first_std, seed, a)
         empty += [a + f for f in result.empty_frames]
         yield a, result
     bar.close()
@@ -440,8 +463,13 @@ def _tile_states(states: RecordStates, tile: Tile, padded: tuple[int, int],
 
 
 def _finish(model: DenoiserModel, est: np.ndarray, values: np.ndarray, observed: np.ndarray,
-            domain: np.ndarray, spread_scale: float, members: bool) -> Imputation:
-    """Physical mean, spread and members of a chunk's normalised estimates (K, T, C, H, W)."""
+            domain: np.ndarray, spread: Spread, members: bool,
+            first_std: np.ndarray | None = None, seed: int = 0, first: int = 0) -> Imputation:
+    """Physical mean, spread and members of a chunk's normalised estimates (K, T, C, H, W).
+
+    ``first_std`` (T, C, H, W): the smoother's posterior std in physical units; ``first``: the
+    chunk's first frame in the record, so that member noise is the same whatever the chunk.
+    """
     t, c, h, w = values.shape
     if not np.isfinite(est[:, :, :, domain]).all():
         raise CtxqError("the denoiser produced non-finite values; its checkpoint may be "
@@ -449,11 +477,22 @@ def _finish(model: DenoiserModel, est: np.ndarray, values: np.ndarray, observed:
     seen = observed & domain[None, None]
     phys = model.normalization.invert(est.reshape(-1, c, h, w)).reshape(est.shape)
     centre = phys.mean(axis=0)
-    phys = centre + np.float32(spread_scale) * (phys - centre)
+    phys = centre + np.float32(spread.ensemble) * (phys - centre)
+    variance = phys.var(axis=0)
+    extra = first_std is not None and spread.first_guess > 0
+    if extra:
+        scaled = np.float32(spread.first_guess) * first_std
+        variance = variance + scaled ** 2
+        if members:
+            for k in range(len(phys)):
+                for i in range(t):
+                    noise = np.random.default_rng([seed, k, first + i, 13]).standard_normal(
+                        (c, h, w), dtype=np.float32)
+                    phys[k, i] += scaled[i] * noise
     inside = domain[None, None]
     # Paste after averaging: a mean of K copies of a value need not equal it bit for bit.
-    mean = np.where(observed, values, np.where(inside, phys.mean(axis=0), np.nan))
-    std = np.where(inside, phys.std(axis=0), np.nan)
+    mean = np.where(observed, values, np.where(inside, centre, np.nan))
+    std = np.where(inside, np.sqrt(variance), np.nan)
     # A frame without any observation is a draw from the model's prior; its members only
     # differ by their neighbours' context, so the spread is floored at the climatological one.
     empty = [int(i) for i in np.flatnonzero(~seen.any(axis=(1, 2, 3)))]
@@ -464,30 +503,33 @@ def _finish(model: DenoiserModel, est: np.ndarray, values: np.ndarray, observed:
     kept = None
     if members:
         kept = np.where(observed[None], values[None], np.where(inside[None], phys, np.nan))
-    return Imputation(mean=mean, std=std, members=kept, empty_frames=empty,
-                      spread_scale=spread_scale, observed=observed)
+    return Imputation(mean=mean, std=std, members=kept, empty_frames=empty, spread=spread,
+                      observed=observed, first_guess_std=first_std)
 
 
 def calibrate_spread(model: DenoiserModel,
                      read: Callable[[int, int], tuple[np.ndarray, np.ndarray]], frames: int,
                      domain: np.ndarray, ensemble: int = 32, seed: int = 0,
-                     **options: Any) -> float:
-    """Factor that makes the ensemble spread match its error on withheld observations.
+                     **options: Any) -> Spread:
+    """The :class:`Spread` that makes the uncertainty match the error on withheld observations.
 
     A single-step ensemble varies only through its context masks, so its spread is narrower
-    than the error of its mean. In the middle frames of the record (read by ``read(a, b)``, as
-    in :func:`impute_chunks`), a share of the observations shaped like the real gaps is hidden
+    than the error of its mean, and blind where every member agrees (a cell far in time from
+    its last observation). In the middle frames of the record (read by ``read(a, b)``, as in
+    :func:`impute_chunks`), a share of the observations shaped like the real gaps is hidden
     (:func:`~ctxq_cli.withhold.calibration_cells`, the cells training kept out when this is its
-    record) and
-    imputed the same way, with every other frame of the record in reach (``options`` go to
-    :func:`impute_chunks`); the factor is sqrt(mean error² / mean spread²) on the hidden cells.
+    record) and imputed the same way, with every other frame of the record in reach
+    (``options`` go to :func:`impute_chunks`). On the hidden cells, with error ε, members' spread
+    σ_K and first-guess std σ_first: the share r of the two in σ² ∝ σ_K² + r σ_first² is the
+    one under which the errors are most likely (Gaussian), and the level makes the mean σ² the
+    mean ε², so that the spread/skill ratio there is 1.
     """
     used = calibration_frames(frames)
     v, o = read(used.start, used.stop)
     hidden = calibration_hidden(o, domain)
     if hidden is None:
         log.warning("too few observations to calibrate the spread; left as is")
-        return 1.0
+        return Spread()
 
     def without_hidden(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
         values, observed = read(a, b)
@@ -497,18 +539,38 @@ def calibrate_spread(model: DenoiserModel,
             observed[lo - a:hi - a] &= ~hidden[lo - used.start:hi - used.start]
         return np.where(observed, values, 0), observed
 
-    parts = list(impute_chunks(model, without_hidden, frames, domain, ensemble, 1, seed,
-                               progress=False, fill=used, **options))
-    mean = np.concatenate([p.mean for _, p in parts])
-    std = np.concatenate([p.std for _, p in parts])
-    err2 = float(np.mean((mean[hidden] - v[hidden]).astype(np.float64) ** 2))
-    spread2 = float(np.mean(std[hidden].astype(np.float64) ** 2))
-    scale = float(np.sqrt(err2 / spread2)) if spread2 > 0 else 1.0
+    parts = [p for _, p in impute_chunks(model, without_hidden, frames, domain, ensemble, 1,
+                                         seed, progress=False, fill=used, **options)]
+    mean = np.concatenate([p.mean for p in parts])[hidden].astype(np.float64)
+    err2 = (mean - v[hidden]) ** 2
+    members2 = np.concatenate([p.std for p in parts])[hidden].astype(np.float64) ** 2
+    first2 = (np.zeros_like(members2) if parts[0].first_guess_std is None else np.concatenate(
+        [p.first_guess_std for p in parts])[hidden].astype(np.float64) ** 2)
+    share = _likeliest_share(err2, members2, first2)
+    total = members2 + share * first2
+    level = float(err2.mean() / total.mean()) if total.mean() > 0 else 1.0
+    spread = Spread(ensemble=float(np.sqrt(level)), first_guess=float(np.sqrt(level * share)))
     held = model.training.get("calibration_holdout", {}).get("fingerprint")
     unseen = held == mask_fingerprint(o, domain)
-    log.info("spread calibrated on %d withheld observations%s: ×%.2f", int(hidden.sum()),
-             " (kept out of training)" if unseen else "", scale)
-    return scale
+    log.info("spread calibrated on %d withheld observations%s: members' deviations ×%.2f%s",
+             int(hidden.sum()), " (kept out of training)" if unseen else "", spread.ensemble,
+             f", first guess's std ×{spread.first_guess:.2f}" if spread.first_guess else "")
+    return spread
+
+
+def _likeliest_share(err2: np.ndarray, members2: np.ndarray, first2: np.ndarray) -> float:
+    """The r ≥ 0 under which errors (squared: ``err2``) are likeliest with Gaussian variances
+    s (σ_K² + r σ_first²), s at its best for each r; 0 when there is no first guess."""
+    if not first2.any():
+        return 0.0
+    best, share = np.inf, 0.0
+    for r in np.concatenate([[0.0], 10.0 ** np.linspace(-4, 4, 161)]):
+        shape = np.maximum(members2 + r * first2, 1e-30)
+        s = float(np.mean(err2 / shape))
+        nll = float(np.mean(np.log(s * shape)))      # + mean(ε² / σ²) = 1 at this s
+        if nll < best:
+            best, share = nll, float(r)
+    return share
 
 
 def _ranges(indices: list[int]) -> str:

@@ -226,18 +226,7 @@ class Smoother:
 
     def smooth(self, values: Tensor, observed: Tensor, times: Tensor) -> tuple[Tensor, Tensor]:
         """Posterior mean and variance of z at every frame (T, …, H, W), from every frame."""
-        forward = self.record(values, observed, times)
-        backward = self.record(values, observed, times, reverse=True)
-        mean = torch.empty(values.shape, dtype=DTYPE, device=values.device)
-        var = torch.empty_like(mean)
-        for t in range(len(times)):
-            if t + 1 < len(times):
-                ahead = self.predict(backward[t + 1], self.transition(
-                    (times[t + 1] - times[t]).reshape(1)))
-            else:
-                ahead = self.prior(values.shape[1:], values.device)
-            mean[t], var[t] = self.combine(forward[t], ahead)
-        return mean, var
+        return posterior(self, record_states(self, values, observed, times))
 
     # ------------------------------------------------------------------ windows
 
@@ -301,6 +290,21 @@ def record_states(smoother: Smoother, values: Tensor, observed: Tensor,
     return RecordStates(smoother.record(values, observed, times),
                         smoother.record(values, observed, times, reverse=True),
                         times.to(DTYPE))
+
+
+def posterior(smoother: Smoother, states: RecordStates, frames: slice | None = None
+              ) -> tuple[Tensor, Tensor]:
+    """Posterior mean and variance of z at ``frames`` of a filtered record (all by default):
+    the forward state of each frame with the backward state of the next carried back to it."""
+    count = len(states.times)
+    index = torch.arange(count, device=states.times.device)[frames or slice(None)]
+    cells = states.forward.shape[1:-1]
+    ahead = (index + 1).clamp(max=count - 1)
+    gap = torch.where(index + 1 < count, states.times[ahead] - states.times[index],
+                      torch.full_like(states.times[index], math.inf))
+    backward = smoother.predict(states.backward[ahead],
+                                smoother.transition(gap.reshape(-1, *(1,) * len(cells))))
+    return smoother.combine(states.forward[index], backward)
 
 
 def window_messages(smoother: Smoother, states: RecordStates, starts: Tensor, window: int

@@ -58,7 +58,7 @@ from ctxq_cli.partition import (
     choose_partition,
     mask_structure,
 )
-from ctxq_cli.temporal import Smoother, SmootherConfig, fit_smoother, first_guess
+from ctxq_cli.temporal import Smoother, SmootherConfig, first_guess, fit_smoother
 from ctxq_cli.unet import UNetConfig
 from ctxq_cli.withhold import calibration_cells, mask_fingerprint
 

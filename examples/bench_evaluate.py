@@ -83,9 +83,10 @@ def run_case(name: str, truth: np.ndarray, mask: str, args: argparse.Namespace,
             model.save(saved)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
-    scale = calibrate_spread(model, values, observed, domain, args.ensemble, 0, device=dev)
+    scale = calibrate_spread(model, lambda a, b: (values[a:b], observed[a:b]), len(values),
+                             domain, args.ensemble, 0, device=dev)
     result = impute_field(model, values, observed, domain, args.ensemble, 1, 0, True, dev,
-                          progress=False, spread_scale=scale)
+                          progress=False, spread=scale)
     ctxq = evaluation.Estimate("ctxq", result.mean, std=result.std, members=result.members,
                                seconds=time.perf_counter() - start)
     estimates = [ctxq] + [evaluation.run_baseline(b, values, observed, domain, 0)
@@ -101,7 +102,7 @@ def run_case(name: str, truth: np.ndarray, mask: str, args: argparse.Namespace,
     return {"dataset": name, "mask": mask, "frames": len(truth), "grid": list(truth.shape[1:]),
             "observed": float(observed.mean()), "train_s": train_s,
             "train_steps": model.step, "partition": model.partition.name,
-            "spread_scale": scale, "scores": report[name]}
+            "spread": vars(scale), "scores": report[name]}
 
 
 def main() -> None:

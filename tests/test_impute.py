@@ -218,7 +218,8 @@ def test_the_spread_is_calibrated_on_cells_training_kept_out(model, caplog):
     with caplog.at_level("INFO", logger="ctxq_cli.impute"):
         scale = calibrate_spread(model, lambda a, b: (values[a:b], observed[a:b]), len(values),
                                  domain, ensemble=4)
-    assert scale > 0 and "(kept out of training)" in caplog.text
+    assert scale.ensemble > 0 and scale.first_guess >= 0
+    assert "(kept out of training)" in caplog.text
     caplog.clear()
     other = np.random.default_rng(1).random(observed.shape) < 0.5   # not the training record
     with caplog.at_level("INFO", logger="ctxq_cli.impute"):
