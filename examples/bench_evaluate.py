@@ -66,7 +66,8 @@ def run_case(name: str, truth: np.ndarray, mask: str, args: argparse.Namespace,
     observed = make_mask(kind, truth.shape, np.random.default_rng(1), **params)[:, None]
     values = np.where(observed, truth[:, None], 0).astype(np.float32)
     domain = np.ones(truth.shape[-2:], bool)
-    opts = TrainOptions(steps=args.steps, seed=args.seed, normalization=args.normalization,
+    opts = TrainOptions(steps=args.steps, max_minutes=args.minutes, seed=args.seed,
+                        normalization=args.normalization, temporal=args.temporal,
                         window=args.window, context_ratio=args.context_ratio,
                         attention_heads=args.attention_heads,
                         position_channels=args.position_channels, val_fraction=args.val_fraction,
@@ -112,12 +113,16 @@ def main() -> None:
                                       "a1b-pixel10")
     p.add_argument("--frames", type=int, default=800, help="frames per record at most")
     p.add_argument("--steps", type=int, default=10000, help="ctxq training steps per case")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="ctxq training time budget per case (the steps still cap it)")
+    p.add_argument("--temporal", default="smoother", choices=["smoother", "none"])
     p.add_argument("--ensemble", type=int, default=32)
     p.add_argument("--normalization", default="cell", choices=["variable", "cell"])
     p.add_argument("--attention-heads", type=int, default=4)
     p.add_argument("--position-channels", type=int, default=8)
-    p.add_argument("--val-fraction", type=float, default=0.0,
-                   help="frames held out from training (the record's end) to monitor it")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="frames held out from training (blocks over the record) to keep the "
+                        "best weights and stop early")
     p.add_argument("--window", type=int, default=3, help="frames per training window")
     p.add_argument("--context-ratio", type=float, default=0.8,
                    help="share of observed cells kept as context")
@@ -134,7 +139,8 @@ def main() -> None:
     for folder in (args.out, args.models):
         if folder:
             folder.mkdir(parents=True, exist_ok=True)
-    print(f"CPU budget: {torch.get_num_threads()} threads; ctxq trains {args.steps} steps per "
+    budget = f"{args.steps} steps" + (f" or {args.minutes:g} min" if args.minutes else "")
+    print(f"CPU budget: {torch.get_num_threads()} threads; ctxq trains {budget} per "
           f"case (batch 8), K = {args.ensemble}", flush=True)
     rows = []
     for case in args.cases.split(","):

@@ -230,3 +230,29 @@ def test_triangulations_run_with_one_blas_thread(monkeypatch):
     observed = rng.random(values.shape) < 0.5
     baselines.linear(values, observed, np.ones((12, 12), bool))
     assert seen_threads and set(seen_threads) == {1}
+
+
+def test_persistence_interpolates_linearly_in_time_between_a_cells_observations():
+    times = np.array([0.0, 1.0, 3.0, 4.0, 10.0])                 # irregular days
+    truth = (2.0 * times - 1.0)[:, None, None, None] * np.ones((5, 1, 3, 3))
+    observed = np.zeros(truth.shape, bool)
+    observed[[0, 4]] = True
+    observed[2, 0, 0, 0] = True
+    observed[:, :, 2, 2] = False                                  # never observed
+    domain = np.ones((3, 3), bool)
+    domain[0, 2] = False
+    out = baselines.persistence(np.where(observed, truth, 0), observed, domain, times)
+    # a linear trend is reproduced exactly between observations, whatever their spacing
+    np.testing.assert_allclose(out[:, 0, 1, 1], truth[:, 0, 1, 1], rtol=1e-6)
+    np.testing.assert_allclose(out[:, 0, 0, 0], truth[:, 0, 0, 0], rtol=1e-6)
+    inside = observed & domain
+    assert out[inside].tobytes() == truth[inside].astype(np.float32).tobytes()
+    assert np.isnan(out[:, 0, 0, 2]).all()                        # outside the domain
+    # a cell never observed is filled in each frame from its neighbours
+    assert np.isfinite(out[:, 0, 2, 2]).all()
+    # beyond a cell's last observation, the last observation persists
+    last = observed.copy()
+    last[4] = False
+    tail = baselines.persistence(np.where(last, truth, 0), last, domain, times)
+    assert tail[4, 0, 0, 0] == pytest.approx(truth[2, 0, 0, 0])
+    assert tail[4, 0, 1, 1] == pytest.approx(truth[0, 0, 1, 1])

@@ -42,6 +42,26 @@ def workdir(tmp_path_factory):
     return d
 
 
+def test_the_checkpoint_carries_its_smoother_and_how_training_ended(workdir):
+    model = DenoiserModel.load(workdir / "denoiser.safetensors")
+    assert model.smoother is not None and model.smoother.time_unit == "days"
+    assert model.denoiser.first_guess
+    summary = model.training
+    assert {"best_step", "best_val_loss", "stopped_early"} <= set(summary)
+
+
+def test_a_model_without_temporal_smoother_still_fills(workdir, tmp_path):
+    den, out = tmp_path / "plain.safetensors", tmp_path / "plain.nc"
+    assert run("train-denoiser", workdir / "obs.nc", "-o", den, "--temporal", "none",
+               *TINY).exit_code == 0
+    assert DenoiserModel.load(den).smoother is None
+    result = run("impute", workdir / "obs.nc", "--checkpoint", den, "-o", out, "--ensemble",
+                 "2", "--quiet")
+    assert result.exit_code == 0, result.output
+    with netCDF4.Dataset(out) as ds:
+        assert ds.ctxq_spread_first_guess == 0.0
+
+
 def test_version_and_help():
     assert run("--version").output.strip() == f"ctxq {__version__}"
     out = run("--help").output
@@ -94,6 +114,7 @@ def test_npz_in_npz_out(workdir, tmp_path):
     result = run("impute", tmp_path / "sst.npz", "--checkpoint", workdir / "denoiser.safetensors",
                  "-o", out, "--ensemble", "2", "--quiet")
     assert result.exit_code == 0, result.output
+    assert "no time coordinate; its frames are taken 1 days apart" in result.output
     with np.load(out) as npz:
         assert np.isfinite(npz["sst"]).sum() > 0.9 * npz["sst"].size and "sst_std" in npz.files
 
@@ -110,6 +131,7 @@ def test_npz_in_npz_out(workdir, tmp_path):
      "fewer than --window 50"),
     (["train-denoiser", "obs.nc", "--partition", "magic"], "--partition must be"),
     (["train-denoiser", "obs.nc", "--normalization", "climate"], "--normalization must be"),
+    (["train-denoiser", "obs.nc", "--temporal", "kalman"], "--temporal must be"),
     (["train-mask-prior", "obs.nc", "--window", "50", "-o", "p.safetensors"],
      "fewer than --window 50"),
     (["train-denoiser", "obs.nc", "-o", "n.safetensors", "--partition", "prior",
@@ -243,12 +265,12 @@ def test_evaluate_by_cross_validation_with_baselines_json_and_plot(workdir, tmp_
     report, figure = tmp_path / "cv.json", tmp_path / "cv.png"
     args = ["evaluate", workdir / "obs.nc", "--checkpoint", workdir / "denoiser.safetensors",
             "--withhold", "0.2", "--withhold-pattern", "pixel", "--ensemble", "4",
-            "--baseline", "linear,oi", "--json", report, "--plot", figure]
+            "--baseline", "linear,oi,persistence", "--json", report, "--plot", figure]
     result = run(*args)
     assert result.exit_code == 0, result.output
     assert "cross-validation" in result.output and "oi" in result.output
     scores = json.loads(report.read_text())["scores"]["sst"]
-    assert set(scores) == {"ctxq", "linear", "oi"}
+    assert set(scores) == {"ctxq", "linear", "oi", "persistence"}
     cells = {m: s["cells"] for m, s in scores.items()}
     assert len(set(cells.values())) == 1 and cells["ctxq"] > 0   # the same hidden cells
     assert scores["ctxq"]["crps"] > 0 and 0 <= scores["ctxq"]["coverage_90"] <= 1

@@ -269,3 +269,22 @@ def test_values_out_of_range_are_reported_once_per_variable_not_per_chunk(tmp_pa
         io.read_field(path)
     lines = [r.getMessage() for r in caplog.records if "valid range" in r.getMessage()]
     assert len(lines) == 1 and "3 values" in lines[0] and "frames" not in lines[0]
+
+
+def test_the_time_coordinate_is_decoded_to_days_in_its_calendar(tmp_path):
+    path = write_nc(tmp_path / "t.nc", smooth_field(4, 5, 6))
+    with netCDF4.Dataset(path, "a") as ds:
+        ds.variables["time"].units = "hours since 2001-02-27 00:00:00"
+        ds.variables["time"].calendar = "noleap"
+        ds.variables["time"][:] = [0.0, 24.0, 72.0, 96.0]        # no 29 February in noleap
+    times, unit = io.read_field(path).times()
+    assert unit == "days"
+    np.testing.assert_allclose(times, [0.0, 1.0, 3.0, 4.0])
+    assert "1 irregular step" in io.describe_times(times, unit)
+    with netCDF4.Dataset(path, "a") as ds:
+        ds.variables["time"][:] = [0.0, 24.0, 24.0, 48.0]
+    with pytest.raises(CtxqError, match="does not increase at frame 2"):
+        io.read_field(path).times()
+    npz = tmp_path / "t.npz"
+    np.savez(npz, data=smooth_field(3, 4, 4))
+    assert io.read_field(npz).times() == (None, "frames")

@@ -93,7 +93,9 @@ def _stop_after(n):
 
 def test_an_interrupted_run_resumes_bit_for_bit(tmp_path):
     values, observed, domain = _data()
-    opts = TrainOptions(steps=12, partition="empirical", checkpoint_every=5, **TINY)
+    # validations at steps 3 and 6 come before the stop: the best weights survive it
+    opts = TrainOptions(steps=12, partition="empirical", checkpoint_every=5,
+                        **{**TINY, "val_every": 3})
     cpu = torch.device("cpu")
     straight = train_denoiser(values, observed, domain, ["sst"], opts, cpu, progress=False)
 
@@ -108,6 +110,7 @@ def test_an_interrupted_run_resumes_bit_for_bit(tmp_path):
                                  progress=False, control=RunControl(state, resume=True))
     for name, tensor in straight.denoiser.state_dict().items():
         assert torch.equal(tensor, resumed.denoiser.state_dict()[name]), name
+    assert resumed.training["best_step"] == straight.training["best_step"]
     steps = [json.loads(line)["step"] for line in log_path.read_text().splitlines()]
     assert steps == list(range(1, 13))  # the loss curve goes on where it stopped
     assert resumed.step == 12
@@ -147,6 +150,42 @@ def test_divergence_names_the_step_and_keeps_the_last_good_state(tmp_path):
         optimise(net, poisoned_after_three, LoopOptions(steps=10, checkpoint_every=2),
                  torch.Generator().manual_seed(0), None, {}, RunControl(state), progress=False)
     assert resume.load_state(state).step == 2
+
+
+def test_training_keeps_the_best_validation_weights_and_stops_early():
+    net = torch.nn.Linear(2, 1)
+
+    def loss_fn(n, g):
+        return ((n(torch.ones(1, 2)) - 1.0) ** 2).mean()
+
+    losses = iter([5.0, 3.0, 4.0, 6.0, 7.0, 8.0, 9.0])
+    seen = {}
+
+    def validate(ema):
+        value = next(losses)
+        seen[value] = {k: t.clone() for k, t in ema.state_dict().items()}
+        return value
+
+    ema, summary = optimise(net, loss_fn, LoopOptions(steps=100, val_every=2, patience=3,
+                                                      lr=0.05),
+                            torch.Generator().manual_seed(0), validate, {}, RunControl(),
+                            progress=False)
+    # validations at steps 2, 4 (best), 6, 8, 10: three without improvement stop the run
+    assert summary["stopped_early"] and summary["steps_done"] == 10
+    assert summary["best_step"] == 4 and summary["best_val_loss"] == 3.0
+    for name, tensor in ema.state_dict().items():
+        assert torch.equal(tensor, seen[3.0][name]), name
+
+
+def test_no_patience_trains_to_the_end_and_keeps_the_best():
+    values, observed, domain = _data()
+    model = train_denoiser(values, observed, domain, ["sst"],
+                           TrainOptions(steps=30, patience=0, **TINY), torch.device("cpu"),
+                           progress=False)
+    summary = model.training
+    assert summary["steps_done"] == 30 and not summary["stopped_early"]
+    assert summary["best_val_loss"] is not None and summary["best_step"] in (10, 20, 30)
+    assert summary["best_val_loss"] <= summary["val_loss"]
 
 
 def test_the_cells_impute_calibrates_on_never_reach_training():
