@@ -443,8 +443,9 @@ def impute(
     """
     with reporting(quiet) as progress:
         from ctxq_cli import io
-        from ctxq_cli.impute import Spread, calibrate_spread, impute_chunks
+        from ctxq_cli.impute import calibrate_spread, impute_chunks
         from ctxq_cli.model import DenoiserModel
+        from ctxq_cli.spread import Spread
         from ctxq_cli.tiles import Tiling
 
         fmt = io.file_format(data)
@@ -673,8 +674,9 @@ def _cross_validation(data: Path, truth: Path | None, mask: Path | None, var: li
     import time
 
     from ctxq_cli import evaluation, io
-    from ctxq_cli.impute import Spread, calibrate_spread, impute_field
+    from ctxq_cli.impute import calibrate_spread, impute_field
     from ctxq_cli.model import DenoiserModel
+    from ctxq_cli.spread import Spread
     from ctxq_cli.withhold import withhold as hide
 
     dev = _device(device)

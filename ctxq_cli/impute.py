@@ -37,26 +37,12 @@ from ctxq_cli.diffusion import multi_step, single_step
 from ctxq_cli.errors import CtxqError
 from ctxq_cli.maskprior import DEFAULT_CELL_WEIGHT, GuidedPriorPartition
 from ctxq_cli.model import DenoiserModel
+from ctxq_cli.spread import Spread, fit_spread
 from ctxq_cli.temporal import RecordStates, Smoother, first_guess, posterior, window_messages
 from ctxq_cli.tiles import Tile, Tiling, blend, plan
 from ctxq_cli.withhold import calibration_frames, calibration_hidden, mask_fingerprint
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Spread:
-    """How the ensemble's spread becomes an uncertainty, from :func:`calibrate_spread`.
-
-    The spread of a cell is σ = sqrt((e σ_K)² + (g σ_first)²): σ_K the members' standard
-    deviation (their contexts differ), σ_first the temporal smoother's posterior standard
-    deviation, which knows how long ago and how near a cell was last seen, where every member
-    agrees. Members are their mean plus e times their deviations plus g σ_first ξ, with ξ an
-    independent standard normal draw per member and cell.
-    """
-
-    ensemble: float = 1.0      # e
-    first_guess: float = 0.0   # g
 
 
 @dataclass
@@ -477,22 +463,16 @@ def _finish(model: DenoiserModel, est: np.ndarray, values: np.ndarray, observed:
     seen = observed & domain[None, None]
     phys = model.normalization.invert(est.reshape(-1, c, h, w)).reshape(est.shape)
     centre = phys.mean(axis=0)
-    phys = centre + np.float32(spread.ensemble) * (phys - centre)
-    variance = phys.var(axis=0)
-    extra = first_std is not None and spread.first_guess > 0
-    if extra:
-        scaled = np.float32(spread.first_guess) * first_std
-        variance = variance + scaled ** 2
-        if members:
-            for k in range(len(phys)):
-                for i in range(t):
-                    noise = np.random.default_rng([seed, k, first + i, 13]).standard_normal(
-                        (c, h, w), dtype=np.float32)
-                    phys[k, i] += scaled[i] * noise
+    sigma = spread.sigma(phys.std(axis=0), first_std)
+    if members:
+        noise = np.stack([np.stack([np.random.default_rng([seed, k, first + i, 13])
+                                    .standard_normal((c, h, w), dtype=np.float32)
+                                    for i in range(t)]) for k in range(len(phys))])
+        phys = centre + spread.members(phys - centre, first_std, noise)
     inside = domain[None, None]
     # Paste after averaging: a mean of K copies of a value need not equal it bit for bit.
     mean = np.where(observed, values, np.where(inside, centre, np.nan))
-    std = np.where(inside, np.sqrt(variance), np.nan)
+    std = np.where(inside, sigma, np.nan)
     # A frame without any observation is a draw from the model's prior; its members only
     # differ by their neighbours' context, so the spread is floored at the climatological one.
     empty = [int(i) for i in np.flatnonzero(~seen.any(axis=(1, 2, 3)))]
@@ -511,18 +491,14 @@ def calibrate_spread(model: DenoiserModel,
                      read: Callable[[int, int], tuple[np.ndarray, np.ndarray]], frames: int,
                      domain: np.ndarray, ensemble: int = 32, seed: int = 0,
                      **options: Any) -> Spread:
-    """The :class:`Spread` that makes the uncertainty match the error on withheld observations.
+    """The :class:`~ctxq_cli.spread.Spread` fitted on withheld observations.
 
-    A single-step ensemble varies only through its context masks, so its spread is narrower
-    than the error of its mean, and blind where every member agrees (a cell far in time from
-    its last observation). In the middle frames of the record (read by ``read(a, b)``, as in
-    :func:`impute_chunks`), a share of the observations shaped like the real gaps is hidden
+    In the middle frames of the record (read by ``read(a, b)``, as in :func:`impute_chunks`), a
+    share of the observations shaped like the real gaps is hidden
     (:func:`~ctxq_cli.withhold.calibration_cells`, the cells training kept out when this is its
     record) and imputed the same way, with every other frame of the record in reach
-    (``options`` go to :func:`impute_chunks`). On the hidden cells, with error ε, members' spread
-    σ_K and first-guess std σ_first: the share r of the two in σ² ∝ σ_K² + r σ_first² is the
-    one under which the errors are most likely (Gaussian), and the level makes the mean σ² the
-    mean ε², so that the spread/skill ratio there is 1.
+    (``options`` go to :func:`impute_chunks`); the spread model is fitted to the errors there
+    (:func:`~ctxq_cli.spread.fit_spread`).
     """
     used = calibration_frames(frames)
     v, o = read(used.start, used.stop)
@@ -541,36 +517,16 @@ def calibrate_spread(model: DenoiserModel,
 
     parts = [p for _, p in impute_chunks(model, without_hidden, frames, domain, ensemble, 1,
                                          seed, progress=False, fill=used, **options)]
-    mean = np.concatenate([p.mean for p in parts])[hidden].astype(np.float64)
-    err2 = (mean - v[hidden]) ** 2
-    members2 = np.concatenate([p.std for p in parts])[hidden].astype(np.float64) ** 2
-    first2 = (np.zeros_like(members2) if parts[0].first_guess_std is None else np.concatenate(
-        [p.first_guess_std for p in parts])[hidden].astype(np.float64) ** 2)
-    share = _likeliest_share(err2, members2, first2)
-    total = members2 + share * first2
-    level = float(err2.mean() / total.mean()) if total.mean() > 0 else 1.0
-    spread = Spread(ensemble=float(np.sqrt(level)), first_guess=float(np.sqrt(level * share)))
+    errors = np.concatenate([p.mean for p in parts])[hidden] - v[hidden]
+    members_std = np.concatenate([p.std for p in parts])[hidden]
+    first_std = (None if parts[0].first_guess_std is None else
+                 np.concatenate([p.first_guess_std for p in parts])[hidden])
+    spread = fit_spread(errors, members_std, first_std)
     held = model.training.get("calibration_holdout", {}).get("fingerprint")
     unseen = held == mask_fingerprint(o, domain)
-    log.info("spread calibrated on %d withheld observations%s: members' deviations ×%.2f%s",
-             int(hidden.sum()), " (kept out of training)" if unseen else "", spread.ensemble,
-             f", first guess's std ×{spread.first_guess:.2f}" if spread.first_guess else "")
+    log.info("spread calibrated on %d withheld observations%s: %s", int(hidden.sum()),
+             " (kept out of training)" if unseen else "", spread.describe())
     return spread
-
-
-def _likeliest_share(err2: np.ndarray, members2: np.ndarray, first2: np.ndarray) -> float:
-    """The r ≥ 0 under which errors (squared: ``err2``) are likeliest with Gaussian variances
-    s (σ_K² + r σ_first²), s at its best for each r; 0 when there is no first guess."""
-    if not first2.any():
-        return 0.0
-    best, share = np.inf, 0.0
-    for r in np.concatenate([[0.0], 10.0 ** np.linspace(-4, 4, 161)]):
-        shape = np.maximum(members2 + r * first2, 1e-30)
-        s = float(np.mean(err2 / shape))
-        nll = float(np.mean(np.log(s * shape)))      # + mean(ε² / σ²) = 1 at this s
-        if nll < best:
-            best, share = nll, float(r)
-    return share
 
 
 def _ranges(indices: list[int]) -> str:

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 KIND = "training-state"
 # Options that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = frozenset({"steps", "max_minutes", "checkpoint_every", "precision",
-                               "compile"})
+                               "compile", "patience"})
 
 
 def state_path(output: Path) -> Path:

@@ -412,7 +412,8 @@ def optimise(network: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator],
 
     Stops after ``options.steps`` steps or ``options.max_minutes`` (counted from this start),
     or early, when ``options.patience`` validations in a row did not improve on the best;
-    returns the EMA weights of the best validation (the last ones without validation). Writes a
+    returns the EMA weights of the best validation, the untrained ones included (the last ones
+    without validation). Writes a
     resumable state every ``options.checkpoint_every`` steps and when ``control.should_stop()``
     turns true (then raises :class:`Interrupted`), and resumes from ``control.state_path``
     when asked. Under torchrun the network is wrapped in DistributedDataParallel; all decisions
@@ -511,6 +512,11 @@ def optimise(network: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator],
         bar.set_postfix(loss=f"{loss_avg or float('nan'):.4f}", val=f"{val:.4f}", refresh=False)
         return numbers[-2] > 0, agreed_elapsed > budget
 
+    if validate is not None and best.weights is None:
+        # the untrained denoiser is a candidate too: with a first guess it is that guess, so
+        # training can never end worse on the validation frames than where it started
+        val = validate(ema)
+        best.offer(val, step, ema)
     bar = tqdm(total=options.steps, initial=step, disable=not progress or not group.main,
                unit="step", dynamic_ncols=True)
     stop, out_of_time = synchronise()

@@ -103,7 +103,7 @@ def run_case(name: str, truth: np.ndarray, mask: str, args: argparse.Namespace,
     return {"dataset": name, "mask": mask, "frames": len(truth), "grid": list(truth.shape[1:]),
             "observed": float(observed.mean()), "train_s": train_s,
             "train_steps": model.step, "partition": model.partition.name,
-            "spread": vars(scale), "scores": report[name]}
+            "spread": scale.to_dict(), "scores": report[name]}
 
 
 def main() -> None:

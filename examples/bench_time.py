@@ -151,7 +151,7 @@ def run_case(name: str, args: argparse.Namespace, out: Path | None) -> list[dict
         print(f"{saved}: trained model reused ({model.step} steps)", flush=True)
     else:
         options = TrainOptions(steps=10 ** 7, max_minutes=args.minutes, seed=args.train_seed,
-                               temporal=args.temporal)
+                               temporal=args.temporal, **args.train)
         model = train_denoiser(values[:split], observed[:split], domain, [name], options,
                                torch.device("cpu"), progress=False, times=times[:split],
                                time_unit="days")
@@ -218,6 +218,13 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _option(text: str) -> tuple[str, object]:
+    """'weight_decay=0.05' → ('weight_decay', 0.05), typed like the TrainOptions default."""
+    name, _, value = text.partition("=")
+    default = getattr(TrainOptions(), name)
+    return name, type(default)(value) if default is not None else float(value)
+
+
 def main() -> None:
     """Run every case and print the markdown table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -228,17 +235,20 @@ def main() -> None:
     p.add_argument("--ensemble", type=int, default=32)
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated data and masks")
     p.add_argument("--train-seed", type=int, default=0, help="ctxq training seed")
+    p.add_argument("--train", action="append", default=[], metavar="OPTION=VALUE",
+                   help="another training option, e.g. weight_decay=0.05 (repeatable)")
     p.add_argument("--baselines", default="dineof,oi,linear,persistence")
     p.add_argument("--models", type=Path, default=None,
                    help="folder of trained models, reused when there, else saved there")
     p.add_argument("--out", type=Path, default=None, help="folder for report.json and PNGs")
     args = p.parse_args()
+    args.train = dict(_option(text) for text in args.train)
     for folder in (args.out, args.models):
         if folder:
             folder.mkdir(parents=True, exist_ok=True)
     print(f"CPU budget: {torch.get_num_threads()} threads; ctxq trains {args.minutes:g} min per "
-          f"case (temporal: {args.temporal}), K = {args.ensemble}, data seed {args.seed}",
-          flush=True)
+          f"case (temporal: {args.temporal}{''.join(f', {k} {v}' for k, v in args.train.items())}"
+          f"), K = {args.ensemble}, data seed {args.seed}", flush=True)
     rows = []
     for name in args.cases.split(","):
         rows += run_case(name, args, args.out)

@@ -65,7 +65,7 @@ from ctxq_cli.train import RunControl, TrainOptions, train_denoiser
 data = np.load(sys.argv[1])
 group, device = distributed.start(torch.device("cpu"))
 options = TrainOptions(steps=6, channels=(8, 16), batch_size=4, window=3, val_every=3,
-                       partition="pixel")
+                       partition="pixel", val_fraction=0)   # keep the last, trained weights
 model = train_denoiser(data["values"], data["observed"], data["domain"], ["u"], options,
                        device, progress=False, control=RunControl(group=group))
 save_file({k: v.contiguous() for k, v in model.denoiser.state_dict().items()},

@@ -170,11 +170,25 @@ def test_training_keeps_the_best_validation_weights_and_stops_early():
                                                       lr=0.05),
                             torch.Generator().manual_seed(0), validate, {}, RunControl(),
                             progress=False)
-    # validations at steps 2, 4 (best), 6, 8, 10: three without improvement stop the run
-    assert summary["stopped_early"] and summary["steps_done"] == 10
-    assert summary["best_step"] == 4 and summary["best_val_loss"] == 3.0
+    # validations before training, then at steps 2 (best), 4, 6, 8: three without improvement
+    # stop the run
+    assert summary["stopped_early"] and summary["steps_done"] == 8
+    assert summary["best_step"] == 2 and summary["best_val_loss"] == 3.0
     for name, tensor in ema.state_dict().items():
         assert torch.equal(tensor, seen[3.0][name]), name
+
+
+def test_training_that_only_hurts_keeps_the_untrained_weights():
+    net = torch.nn.Linear(2, 1)
+    start = {k: t.clone() for k, t in net.state_dict().items()}
+    losses = iter(float(v) for v in range(1, 100))      # every validation worse than the last
+    ema, summary = optimise(net, lambda n, g: (n(torch.ones(1, 2)) ** 2).mean(),
+                            LoopOptions(steps=20, val_every=2, patience=0, lr=0.05),
+                            torch.Generator().manual_seed(0), lambda ema: next(losses), {},
+                            RunControl(), progress=False)
+    assert summary["steps_done"] == 20 and summary["best_step"] == 0
+    for name, tensor in ema.state_dict().items():
+        assert torch.equal(tensor, start[name]), name
 
 
 def test_no_patience_trains_to_the_end_and_keeps_the_best():
@@ -184,7 +198,7 @@ def test_no_patience_trains_to_the_end_and_keeps_the_best():
                            progress=False)
     summary = model.training
     assert summary["steps_done"] == 30 and not summary["stopped_early"]
-    assert summary["best_val_loss"] is not None and summary["best_step"] in (10, 20, 30)
+    assert summary["best_val_loss"] is not None and summary["best_step"] in (0, 10, 20, 30)
     assert summary["best_val_loss"] <= summary["val_loss"]
 
 
