@@ -99,11 +99,12 @@ def _root(version: Annotated[bool, typer.Option(
 
 @contextlib.contextmanager
 def reporting(quiet: bool) -> Iterator[bool]:
-    """Configure logging; turn CtxqError into one line and exit 1. Yields show-progress."""
+    """Configure logging; turn CtxqError into one line and exit 1. Yields show-progress (a bar
+    on a terminal, log lines in a batch log)."""
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="ctxq: %(message)s", stream=sys.stderr, force=True)
     try:
-        yield (not quiet) and sys.stderr.isatty()
+        yield not quiet
     except (typer.Exit, typer.Abort):
         raise
     except Interrupted as exc:
@@ -489,6 +490,7 @@ def impute(
                           "ctxq_partition": model.partition.name, "ctxq_window": model.window,
                           "ctxq_spread_scale": scale.ensemble,
                           "ctxq_spread_first_guess": scale.first_guess,
+                          "ctxq_spread_noise": scale.noise_name(),
                           "ctxq_frames_without_observations": len(empty)}
             if empty:  # 0-based indices along time, e.g. for masking in analysis
                 provenance["ctxq_empty_frame_indices"] = np.asarray(empty, dtype=np.int32)

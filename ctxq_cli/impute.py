@@ -30,13 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ctxq_cli.data import pad_grid
 from ctxq_cli.diffusion import multi_step, single_step
 from ctxq_cli.errors import CtxqError
 from ctxq_cli.maskprior import DEFAULT_CELL_WEIGHT, GuidedPriorPartition
 from ctxq_cli.model import DenoiserModel
+from ctxq_cli.progress import progress as progress_of
 from ctxq_cli.spread import Spread, fit_spread
 from ctxq_cli.temporal import RecordStates, Smoother, first_guess, posterior, window_messages
 from ctxq_cli.tiles import Tile, Tiling, blend, plan
@@ -183,8 +183,8 @@ def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndar
         sweeps = _Sweeps(Smoother(model.smoother), model, padded, span,
                          _times(times, frames, span), domain, device, step,
                          [(lo, hi) for _, _, lo, hi, _, _ in chunks])
-    bar = tqdm(total=(fill.stop - fill.start) * len(tiles), desc="impute", disable=not progress,
-               unit="frame", unit_scale=1 / len(tiles) if len(tiles) > 1 else 1)
+    bar = progress_of((fill.stop - fill.start) * len(tiles), "impute", "frame", progress,
+                      unit_scale=1 / len(tiles) if len(tiles) > 1 else 1)
     context = _Context(model, domain, device, batch, guided, rho, guidance_weight, omega_shape,
                        steps, seed)
     outside, empty = 0, []
@@ -465,9 +465,9 @@ def _finish(model: DenoiserModel, est: np.ndarray, values: np.ndarray, observed:
     centre = phys.mean(axis=0)
     sigma = spread.sigma(phys.std(axis=0), first_std)
     if members:
-        noise = np.stack([np.stack([np.random.default_rng([seed, k, first + i, 13])
-                                    .standard_normal((c, h, w), dtype=np.float32)
-                                    for i in range(t)]) for k in range(len(phys))])
+        noise = np.stack([np.stack([spread.noise(np.random.default_rng([seed, k, first + i, 13]),
+                                                 (c, h, w)) for i in range(t)])
+                          for k in range(len(phys))])
         phys = centre + spread.members(phys - centre, first_std, noise)
     inside = domain[None, None]
     # Paste after averaging: a mean of K copies of a value need not equal it bit for bit.

@@ -14,6 +14,14 @@ with the share g²/e² the one under which the errors ε of withheld observation
 standard normal draw per member and cell (the same for a given seed, member and frame whatever
 the chunk), centred over the members so that their mean stays the ensemble mean.
 
+The errors of a gap-filler are rarely Gaussian: most filled cells are nearly right and a few,
+far from any observation or in a sudden event, are badly wrong. Gaussian member noise with the
+right variance then gives intervals that are too wide for most cells (90 % intervals holding
+98 % under independent clouds). So ξ is a Student t with ν degrees of freedom, rescaled to unit
+variance, ν the likeliest for the standardised errors ε/σ of the withheld cells (∞, Gaussian,
+when they are not heavier-tailed). The variance, and with it the spread/skill ratio, does not
+depend on ν; only the shape of the members' distribution, and so their intervals, do.
+
 Tried and not kept, on the tuning seed of ``examples/bench_time.py``: a power law
 σ = s σ_first^β σ_K^γ fitted the same way. It described the withheld cells better, but with
 β ≈ 1.6 it extrapolated badly to the real gaps, whose σ_first differ (spread/skill 1.64 on
@@ -29,6 +37,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 SHARES = np.concatenate([[0.0], 10.0 ** np.linspace(-4, 4, 161)])   # g²/e² tried
+TAILS = (2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0, math.inf)   # ν tried
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,14 @@ class Spread:
 
     ensemble: float = 1.0       # e, the factor on the members' deviations
     first_guess: float = 0.0    # g, the factor on the first guess's std
+    tail: float = math.inf      # ν, the degrees of freedom of the members' added noise
+
+    def __post_init__(self) -> None:
+        if not (self.ensemble >= 0 and self.first_guess >= 0):
+            raise ValueError(f"Spread: factors must be ≥ 0, got {self.ensemble}, "
+                             f"{self.first_guess}")
+        if not self.tail > 2:
+            raise ValueError(f"Spread: tail must be > 2 (a finite variance), got {self.tail}")
 
     def to_dict(self) -> dict[str, float]:
         """JSON-able form."""
@@ -45,7 +62,20 @@ class Spread:
     def describe(self) -> str:
         """'members' deviations ×1.17, first guess's std ×0.59'"""
         return (f"members' deviations ×{self.ensemble:.2f}" + (
-            f", first guess's std ×{self.first_guess:.2f}" if self.first_guess else ""))
+            f", first guess's std ×{self.first_guess:.2f}" if self.first_guess else "") + (
+            f", Student t noise with ν = {self.tail:g}" if math.isfinite(self.tail) else ""))
+
+    def noise_name(self) -> str:
+        """'normal' or 'student-t, ν = 3': the distribution of the members' added noise."""
+        return "normal" if math.isinf(self.tail) else f"student-t, ν = {self.tail:g}"
+
+    def noise(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """Unit-variance noise ξ of the members: standard normal, or Student t with ν = tail."""
+        xi = rng.standard_normal(shape, dtype=np.float32)
+        if math.isfinite(self.tail):
+            chi2 = 2.0 * rng.standard_gamma(self.tail / 2.0, shape, dtype=np.float32)
+            xi = xi * np.sqrt((self.tail - 2.0) / np.maximum(chi2, 1e-30)).astype(np.float32)
+        return xi
 
     def sigma(self, members_std: np.ndarray, first_std: np.ndarray | None) -> np.ndarray:
         """σ of each cell from the members' std and the first guess's std (same shapes)."""
@@ -56,7 +86,7 @@ class Spread:
 
     def members(self, deviations: np.ndarray, first_std: np.ndarray | None,
                 noise: np.ndarray) -> np.ndarray:
-        """Members' new deviations (K, …) from their raw ones and a standard normal ``noise``.
+        """Members' new deviations (K, …) from their raw ones and unit-variance ``noise``.
 
         The noise is centred over the members (and rescaled to unit variance), so that the
         members' mean stays the ensemble mean.
@@ -78,7 +108,30 @@ def fit_spread(errors: np.ndarray, members_std: np.ndarray,
     share = _likeliest_share(e2, k2, g2)
     total = float(np.mean(k2 + share * g2))
     level = float(np.mean(e2)) / total if total > 0 else 1.0
-    return Spread(ensemble=math.sqrt(level), first_guess=math.sqrt(level * share))
+    spread = Spread(ensemble=math.sqrt(level), first_guess=math.sqrt(level * share))
+    if not spread.first_guess:
+        return spread
+    sigma = spread.sigma(np.sqrt(k2), np.sqrt(g2)).astype(np.float64)
+    z = np.asarray(errors, np.float64)[sigma > 0] / sigma[sigma > 0]
+    return Spread(spread.ensemble, spread.first_guess, tail=likeliest_tail(z))
+
+
+def likeliest_tail(z: np.ndarray) -> float:
+    """The ν in TAILS under which standardised errors ``z`` are likeliest (unit-variance t)."""
+    z2 = np.asarray(z, np.float64) ** 2
+    if z2.size == 0:
+        return math.inf
+    best, tail = -math.inf, math.inf
+    for nu in TAILS:
+        if math.isinf(nu):
+            ll = -0.5 * float(np.mean(z2)) - 0.5 * math.log(2 * math.pi)
+        else:   # log density of t_ν scaled by sqrt((ν − 2)/ν) to unit variance
+            scale2 = nu - 2.0
+            ll = (math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(math.pi * scale2)
+                  - (nu + 1) / 2 * float(np.mean(np.log1p(z2 / scale2))))
+        if ll > best:
+            best, tail = ll, nu
+    return tail
 
 
 def _likeliest_share(e2: np.ndarray, k2: np.ndarray, g2: np.ndarray) -> float:

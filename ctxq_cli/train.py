@@ -28,7 +28,6 @@ from typing import IO, Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from ctxq_cli import distributed, resume
 from ctxq_cli.data import Batch, Normalization, Windows, padded_size
@@ -58,6 +57,7 @@ from ctxq_cli.partition import (
     choose_partition,
     mask_structure,
 )
+from ctxq_cli.progress import progress as progress_of
 from ctxq_cli.temporal import Smoother, SmootherConfig, first_guess, fit_smoother
 from ctxq_cli.unet import UNetConfig
 from ctxq_cli.withhold import calibration_cells, mask_fingerprint
@@ -517,8 +517,7 @@ def optimise(network: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator],
         # training can never end worse on the validation frames than where it started
         val = validate(ema)
         best.offer(val, step, ema)
-    bar = tqdm(total=options.steps, initial=step, disable=not progress or not group.main,
-               unit="step", dynamic_ncols=True)
+    bar = progress_of(options.steps, "train", "step", progress and group.main, initial=step)
     stop, out_of_time = synchronise()
     while step < options.steps and not out_of_time:
         if stop:

@@ -42,6 +42,7 @@ from ctxq_cli import evaluation  # noqa: E402
 from ctxq_cli.impute import calibrate_spread, impute_field  # noqa: E402
 from ctxq_cli.model import DenoiserModel  # noqa: E402
 from ctxq_cli.plots import evaluation_figure  # noqa: E402
+from ctxq_cli.spread import Spread  # noqa: E402
 from ctxq_cli.temporal import Smoother  # noqa: E402
 from ctxq_cli.train import TrainOptions, train_denoiser  # noqa: E402
 
@@ -117,7 +118,7 @@ def smoother_alone(model: DenoiserModel, values: np.ndarray, observed: np.ndarra
 
 
 def fill(model: DenoiserModel, values: np.ndarray, observed: np.ndarray, times: np.ndarray,
-         part: slice, args: argparse.Namespace) -> evaluation.Estimate:
+         part: slice, args: argparse.Namespace) -> tuple[evaluation.Estimate, Spread]:
     """ctxq's calibrated ensemble over frames ``part`` of a record (every frame in reach)."""
     domain = np.ones(values.shape[-2:], bool)
     start = time.perf_counter()
@@ -126,7 +127,7 @@ def fill(model: DenoiserModel, values: np.ndarray, observed: np.ndarray, times: 
     result = impute_field(model, values, observed, domain, args.ensemble, 1, 0, True,
                           progress=False, spread=scale, times=times, fill=part)
     return evaluation.Estimate("ctxq", result.mean, std=result.std, members=result.members,
-                               seconds=time.perf_counter() - start)
+                               seconds=time.perf_counter() - start), scale
 
 
 def run_case(name: str, args: argparse.Namespace, out: Path | None) -> list[dict]:
@@ -165,7 +166,9 @@ def run_case(name: str, args: argparse.Namespace, out: Path | None) -> list[dict
         else:
             v, o, t = values[:split], observed[:split], times[:split]
             part = slice(split - HELD, split)
-        estimates = [fill(model, v, o, t, part, args)]
+        ctxq, scale = fill(model, v, o, t, part, args)
+        print(f"{name}, {where}: spread {scale.describe()}", flush=True)
+        estimates = [ctxq]
         if model.smoother is not None:
             started = time.perf_counter()
             estimates.append(evaluation.Estimate(
@@ -197,6 +200,7 @@ def run_case(name: str, args: argparse.Namespace, out: Path | None) -> list[dict
                      "train_steps": model.step, "best_step": model.training.get("best_step"),
                      "stopped_early": model.training.get("stopped_early"),
                      "smoother": None if model.smoother is None else model.smoother.to_dict(),
+                     "spread": scale.to_dict(),
                      "scores": report[name]})
     return rows
 

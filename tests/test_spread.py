@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ctxq_cli.spread import Spread, fit_spread
+from ctxq_cli.spread import Spread, fit_spread, likeliest_tail
 
 
 def test_the_fit_recovers_the_variance_the_errors_were_drawn_with():
@@ -39,3 +39,34 @@ def test_members_keep_their_mean_and_carry_the_spread():
     np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-5)
     ratio = out.std(axis=0) / spread.sigma(deviations.std(axis=0), first_std)
     assert np.median(ratio) == pytest.approx(1.0, abs=0.03)
+
+
+@pytest.mark.parametrize("nu", [3.0, 5.0])
+def test_the_likeliest_tail_is_found_for_student_t_errors(nu):
+    rng = np.random.default_rng(3)
+    z = rng.standard_t(nu, 200_000) * np.sqrt((nu - 2) / nu)
+    assert likeliest_tail(z) == nu
+
+
+def test_gaussian_errors_keep_normal_members():
+    rng = np.random.default_rng(4)
+    n = 100_000
+    members_std = rng.uniform(0.05, 0.5, n)
+    first_std = rng.uniform(0.1, 1.0, n)
+    errors = Spread(1.0, 1.0).sigma(members_std, first_std) * rng.standard_normal(n)
+    assert fit_spread(errors, members_std, first_std).tail >= 30
+
+
+def test_heavy_tailed_noise_has_unit_variance_and_narrower_intervals():
+    five = Spread(tail=5.0).noise(np.random.default_rng(6), (400_000,)).astype(np.float64)
+    assert np.var(five) == pytest.approx(1.0, rel=0.03)   # ν = 5: the sample variance settles
+    xi = Spread(tail=3.0).noise(np.random.default_rng(5), (400_000,))
+    # the same variance, but 90 % of a t_3 lies within ±1.36 σ instead of ±1.64 σ
+    assert np.quantile(np.abs(xi), 0.9) == pytest.approx(2.353 / np.sqrt(3), rel=0.03)
+    normal = Spread().noise(np.random.default_rng(5), (400_000,))
+    assert np.quantile(np.abs(normal), 0.9) == pytest.approx(1.645, rel=0.02)
+
+
+def test_a_spread_refuses_an_infinite_variance():
+    with pytest.raises(ValueError, match="tail"):
+        Spread(tail=2.0)
