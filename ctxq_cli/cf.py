@@ -34,7 +34,7 @@ PACKING_ATTRS = ("_FillValue", "missing_value", "scale_factor", "add_offset",
                  "valid_range", "valid_min", "valid_max", "_Unsigned")
 
 # netCDF-C default fill values, used when a variable declares none (as the library does).
-_DEFAULT_FILL = {
+DEFAULT_FILL = {
     "i2": -32767, "u2": 65535, "i4": -2147483647, "u4": 4294967295,
     "i8": -9223372036854775806, "u8": 18446744073709551614,
     "f4": 9.969209968386869e36, "f8": 9.969209968386869e36,
@@ -83,8 +83,8 @@ def fill_values(raw_dtype: np.dtype, attrs: Mapping[str, Any], default_fill: boo
     for name in ("_FillValue", "missing_value"):
         if name in attrs:
             values += _as_list(attrs[name])
-    if not values and default_fill and raw_dtype.str[1:] in _DEFAULT_FILL:
-        values.append(_DEFAULT_FILL[raw_dtype.str[1:]])
+    if not values and default_fill and raw_dtype.str[1:] in DEFAULT_FILL:
+        values.append(DEFAULT_FILL[raw_dtype.str[1:]])
     out = []
     for v in values:
         with np.errstate(invalid="ignore", over="ignore"):

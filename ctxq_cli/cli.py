@@ -43,6 +43,14 @@ VarOpt = Annotated[list[str] | None, typer.Option(
     "--var", help="Variable to read; repeat for several (stacked as channels).")]
 DomainOpt = Annotated[Path | None, typer.Option(
     "--domain", help="2-D domain mask (nonzero = cells to fill and score, e.g. sea).")]
+QualityVarOpt = Annotated[str | None, typer.Option(
+    "--quality-var", help="Quality variable of the data file (e.g. GHRSST's quality_level); "
+    "observations below --min-quality are treated as missing.")]
+MinQualityOpt = Annotated[float | None, typer.Option(
+    "--min-quality", help="Lowest quality level kept (with --quality-var; GHRSST: 4 or 5).")]
+DomainFlagsOpt = Annotated[str | None, typer.Option(
+    "--domain-flags", help="With a CF flag variable as --domain: the flag meanings inside, "
+    "comma-separated (default: the water ones, e.g. GHRSST's 'water').")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; same seed, same result.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="Only warnings and errors.")]
@@ -179,17 +187,32 @@ def _command_line() -> str:
     return "ctxq " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+def _quality(variable: str | None, minimum: float | None):
+    """--quality-var and --min-quality, which go together, as a Quality (or None)."""
+    from ctxq_cli.flags import Quality
+
+    if (variable is None) != (minimum is None):
+        raise CtxqError("--quality-var NAME and --min-quality LEVEL go together")
+    return None if variable is None else Quality(variable, minimum)
+
+
+def _meanings(text: str | None) -> list[str] | None:
+    """--domain-flags 'water,open_lake' as a list."""
+    return None if text is None else [m.strip() for m in text.split(",") if m.strip()]
+
+
 def _load_inputs(data: Path, mask: Path | None, var: list[str] | None,
-                 domain: Path | None):
+                 domain: Path | None, quality=None, domain_flags: str | None = None):
     """Read a field, its mask and its domain; log what was found."""
     from ctxq_cli import io
 
-    fld = io.read_field(data, var, mask)
+    fld = io.read_field(data, var, mask, quality=quality)
     log.info("%s: %s", data, fld.describe())
     if not fld.observed.any():
         raise CtxqError(f"{data}: variable '{fld.names[0]}' has no observed value at all; "
                         "nothing to learn from")
-    dom = io.read_domain(domain, fld.grid) if domain else io.observed_domain(fld.observed)
+    dom = (io.read_domain(domain, fld.grid, _meanings(domain_flags)) if domain
+           else io.observed_domain(fld.observed))
     outside = int((~dom).sum())
     if outside:
         log.info("%d of %d grid cells are outside the domain (%s); they stay fill", outside,
@@ -203,6 +226,9 @@ def train_denoiser(
     mask: MaskOpt = None,
     var: VarOpt = None,
     domain: DomainOpt = None,
+    domain_flags: DomainFlagsOpt = None,
+    quality_var: QualityVarOpt = None,
+    min_quality: MinQualityOpt = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write.")] = Path(
         "denoiser.safetensors"),
     window: Annotated[int, typer.Option(help="Consecutive frames per sample.", min=1)] = 3,
@@ -271,6 +297,7 @@ def train_denoiser(
     Started by torchrun, the processes train one model together (see the README).
     """
     with reporting(quiet) as progress:
+        from ctxq_cli import provenance
         from ctxq_cli.io import describe_times
         from ctxq_cli.train import TEMPORAL, TrainOptions
         from ctxq_cli.train import train_denoiser as train
@@ -296,7 +323,8 @@ def train_denoiser(
                 from ctxq_cli.model import MaskPriorModel
 
                 prior = MaskPriorModel.load(mask_prior)
-            fld, dom = _load_inputs(data, mask, var, domain)
+            fld, dom = _load_inputs(data, mask, var, domain,
+                                    _quality(quality_var, min_quality), domain_flags)
             if fld.frames < window:
                 raise CtxqError(f"{data}: {fld.frames} frames, fewer than --window {window}")
             times, unit = fld.times()
@@ -317,6 +345,8 @@ def train_denoiser(
             if control.group.main:
                 model.training["command"] = _command_line()
                 model.training["data"] = str(data)
+                model.data = provenance.describe(fld.names, fld.var_attrs, fld.coords,
+                                                 fld.grid_dims, fld.values, fld.observed)
                 model.save(output)
                 _finish_run(control, output)
 
@@ -399,6 +429,9 @@ def impute(
     mask: MaskOpt = None,
     var: VarOpt = None,
     domain: DomainOpt = None,
+    domain_flags: DomainFlagsOpt = None,
+    quality_var: QualityVarOpt = None,
+    min_quality: MinQualityOpt = None,
     checkpoint: Annotated[Path, typer.Option(help="Denoiser checkpoint.")] = Path(
         "denoiser.safetensors"),
     ensemble: Annotated[int, typer.Option(help="Ensemble members K.", min=1)] = 32,
@@ -428,6 +461,9 @@ def impute(
     wrap_lon: Annotated[bool, typer.Option(
         "--wrap-lon", help="The last axis is a periodic longitude: tiles wrap across it.")
     ] = False,
+    allow_other_grid: Annotated[bool, typer.Option(
+        "--allow-other-grid", help="Fill a grid whose coordinates differ from the training "
+        "grid's (same shape), e.g. another region, knowingly.")] = False,
     chunk: Annotated[int | None, typer.Option(
         help="Frames read, filled and written at a time (default: about 1 GiB of ensemble "
              "arrays).", min=1)] = None,
@@ -454,13 +490,15 @@ def impute(
         io.check_output(out, overwrite, [data, mask, domain, checkpoint])
         dev = _device(device)
         model = DenoiserModel.load(checkpoint, dev)
-        source = io.open_field(data, var, mask, default=model.variables)
+        source = io.open_field(data, var, mask, default=model.variables,
+                               quality=_quality(quality_var, min_quality))
         fld = source.template
         log.info("%s: %s, %d frames of %d×%d", data, ", ".join(fld.names), source.frames,
                  *fld.grid)
-        _check_variables(fld, model, data, checkpoint)
+        _check_variables(fld, model, data, checkpoint,
+                         source.read(0, min(source.frames, CHECK_FRAMES)), allow_other_grid)
         times = _model_times(fld, model, data)
-        dom = _imputation_domain(fld, model, domain)
+        dom = _imputation_domain(fld, model, domain, domain_flags)
         tiling = Tiling(size=tile or (None if max(fld.grid) <= AUTO_TILE_ABOVE else AUTO_TILE),
                         overlap=tile_overlap, wrap_lon=wrap_lon)
         frames_per_chunk = chunk or _auto_chunk(ensemble, len(fld.names), fld.grid,
@@ -485,7 +523,7 @@ def impute(
                 writer.write(a, _output_arrays(fld.names, result))
                 ever |= result.observed.any(axis=(0, 1))
                 empty += [a + f for f in result.empty_frames]
-            provenance = {"ctxq_version": __version__, "ctxq_checkpoint": str(checkpoint),
+            run_attrs = {"ctxq_version": __version__, "ctxq_checkpoint": str(checkpoint),
                           "ctxq_ensemble": ensemble, "ctxq_steps": steps, "ctxq_seed": seed,
                           "ctxq_partition": model.partition.name, "ctxq_window": model.window,
                           "ctxq_spread_scale": scale.ensemble,
@@ -493,8 +531,12 @@ def impute(
                           "ctxq_spread_noise": scale.noise_name(),
                           "ctxq_frames_without_observations": len(empty)}
             if empty:  # 0-based indices along time, e.g. for masking in analysis
-                provenance["ctxq_empty_frame_indices"] = np.asarray(empty, dtype=np.int32)
-            writer.attributes(provenance)
+                run_attrs["ctxq_empty_frame_indices"] = np.asarray(empty, dtype=np.int32)
+            if source.quality is not None:
+                run_attrs["ctxq_quality"] = (f"{source.quality.variable} >= "
+                                             f"{source.quality.minimum:g}")
+                log.info("%s: %s", data, source.describe_quality())
+            writer.attributes(run_attrs)
         log.info("domain: %d cells, %d never observed in this file and filled from the model",
                  int(dom.sum()), int((dom & ~ever).sum()))
         log.info("wrote %s", out)
@@ -503,6 +545,7 @@ def impute(
 AUTO_TILE_ABOVE = 512     # grids up to this many cells a side go through the network whole
 AUTO_TILE = 256
 CHUNK_BYTES = 1 << 30     # rough budget for a chunk's ensemble arrays
+CHECK_FRAMES = 64         # frames whose values are compared with the training data's
 
 
 def _auto_chunk(ensemble: int, channels: int, grid: tuple[int, int], window: int,
@@ -513,32 +556,42 @@ def _auto_chunk(ensemble: int, channels: int, grid: tuple[int, int], window: int
 
 
 def _output_variables(fld, members: int | None) -> list:
-    """Mean, spread, flag (and members) per variable, mirroring the input's attributes."""
-    from ctxq_cli import io
-    from ctxq_cli.cf import Encoding
+    """Mean, spread, flag (and members) per variable, mirroring the input's attributes.
 
-    precise = Encoding("float64", -9999.0) if fld.values.dtype == np.float64 else Encoding()
+    Every variable has a ``_FillValue`` (NetCDF's default for floats, which no observation
+    takes, so that observed values are never turned into fill) and the input's
+    ``coordinates`` and ``grid_mapping``, so that CF tools place each on the grid.
+    """
+    from ctxq_cli import io
+    from ctxq_cli.cf import DEFAULT_FILL, Encoding
+
+    kind = "f8" if fld.values.dtype == np.float64 else "f4"
+    floats = Encoding("float64" if kind == "f8" else "float32", DEFAULT_FILL[kind])
     variables = []
     for c, name in enumerate(fld.names):
         attrs = dict(fld.var_attrs[c])
         label = attrs.get("long_name", name)
+        place = {k: attrs[k] for k in ("coordinates", "grid_mapping") if k in attrs}
         attrs["ancillary_variables"] = f"{name}_std {name}_flag" + (
             f" {name}_members" if members else "")
-        variables.append(io.OutputVariable(name, None, attrs, encoding=precise))
+        variables.append(io.OutputVariable(name, None, attrs, encoding=floats))
         std_attrs = {k: attrs[k] for k in ("units",) if k in attrs}
+        if "standard_name" in attrs:
+            std_attrs["standard_name"] = f"{attrs['standard_name']} standard_error"
         std_attrs["long_name"] = f"ensemble spread (standard deviation) of {label}"
-        variables.append(io.OutputVariable(f"{name}_std", None, std_attrs))
+        variables.append(io.OutputVariable(f"{name}_std", None, {**std_attrs, **place},
+                                           encoding=floats))
         variables.append(io.OutputVariable(
             f"{name}_flag", None, {"long_name": f"origin of {label}",
                                    "flag_values": np.array([0, 1], np.int8),
-                                   "flag_meanings": "observed filled_by_ctxq"},
+                                   "flag_meanings": "observed filled_by_ctxq", **place},
             encoding=Encoding("int8", -127)))
         if members:
             variables.append(io.OutputVariable(
                 f"{name}_members", np.empty((members, 0)),
                 {**{k: attrs[k] for k in ("units", "standard_name") if k in attrs},
-                 "long_name": f"ensemble members of {label}"}, member_dim=True,
-                encoding=precise))
+                 "long_name": f"ensemble members of {label}", **place}, member_dim=True,
+                encoding=floats))
     return variables
 
 
@@ -564,6 +617,9 @@ def evaluate(
     mask: MaskOpt = None,
     var: VarOpt = None,
     domain: DomainOpt = None,
+    domain_flags: DomainFlagsOpt = None,
+    quality_var: QualityVarOpt = None,
+    min_quality: MinQualityOpt = None,
     checkpoint: Annotated[Path | None, typer.Option(
         help="Denoiser: impute DATA here (hiding --withhold of it when there is no truth).")
     ] = None,
@@ -607,13 +663,17 @@ def evaluate(
         if checkpoint is not None:
             case = _cross_validation(data, truth, mask, var, domain, checkpoint, withhold,
                                      withhold_pattern, ensemble, steps, batch_size, seed,
-                                     device, progress, calibrate)
+                                     device, progress, calibrate,
+                                     _quality(quality_var, min_quality), domain_flags)
         else:
             if truth is None:
                 raise CtxqError("give --truth TRUTH to score an imputed file, or --checkpoint "
                                 "CKPT to cross-validate on the observations")
             if withhold:
                 raise CtxqError("--withhold needs --checkpoint (ctxq imputes what it hides)")
+            if quality_var or min_quality is not None or domain_flags:
+                raise CtxqError("--quality-var, --min-quality and --domain-flags select "
+                                "observations to impute: they need --checkpoint")
             case = _imputed_file(data, truth, mask, var)
         for name in names:
             case.estimates.append(evaluation.run_baseline(
@@ -671,7 +731,8 @@ def _imputed_file(data: Path, truth: Path, mask: Path | None, var: list[str] | N
 def _cross_validation(data: Path, truth: Path | None, mask: Path | None, var: list[str] | None,
                       domain: Path | None, checkpoint: Path, withhold: float | None,
                       pattern: str, ensemble: int, steps: int, batch_size: int, seed: int,
-                      device: str, progress: bool, calibrate: bool):
+                      device: str, progress: bool, calibrate: bool, quality=None,
+                      domain_flags: str | None = None):
     """Impute the observations with some hidden (or score on the gaps against the truth)."""
     import time
 
@@ -683,10 +744,10 @@ def _cross_validation(data: Path, truth: Path | None, mask: Path | None, var: li
 
     dev = _device(device)
     model = DenoiserModel.load(checkpoint, dev)
-    fld = io.read_field(data, var, mask, default=model.variables)
+    fld = io.read_field(data, var, mask, default=model.variables, quality=quality)
     log.info("%s: %s", data, fld.describe())
-    _check_variables(fld, model, data, checkpoint)
-    dom = _imputation_domain(fld, model, domain)
+    _check_variables(fld, model, data, checkpoint, (fld.values, fld.observed))
+    dom = _imputation_domain(fld, model, domain, domain_flags)
     fraction = withhold if withhold is not None else (0.0 if truth else 0.1)
     hidden = np.zeros_like(fld.observed)
     if fraction > 0:
@@ -742,19 +803,27 @@ def _model_times(fld, model, data: Path) -> np.ndarray | None:
     return times
 
 
-def _check_variables(fld, model, data: Path, checkpoint: Path) -> None:
-    """The file must hold the checkpoint's variables."""
+def _check_variables(fld, model, data: Path, checkpoint: Path,
+                     sample: tuple[np.ndarray, np.ndarray], other_grid: bool = False) -> None:
+    """The file must hold the checkpoint's variables, in its units, on its grid, at its scale
+    (judged on ``sample``, values and observed cells of some of its frames)."""
+    from ctxq_cli import provenance
+
     if fld.names != model.variables:
         raise CtxqError(f"{data}: variables {fld.names} do not match the checkpoint's "
                         f"{model.variables} ({checkpoint})")
+    if model.data is not None:
+        provenance.check(model.data, provenance.describe(
+            fld.names, fld.var_attrs, fld.coords, fld.grid_dims, *sample), data, other_grid)
 
 
-def _imputation_domain(fld, model, domain: Path | None) -> np.ndarray:
+def _imputation_domain(fld, model, domain: Path | None, domain_flags: str | None = None
+                       ) -> np.ndarray:
     """--domain, or the checkpoint's when the grids agree."""
     from ctxq_cli import io
 
     if domain is not None:
-        return io.read_domain(domain, fld.grid)
+        return io.read_domain(domain, fld.grid, _meanings(domain_flags))
     if fld.grid == model.grid:
         return model.domain
     raise CtxqError(f"{fld.path}: grid {fld.grid} differs from the checkpoint's {model.grid}; "
@@ -767,6 +836,9 @@ def train_mask_prior(
     mask: MaskOpt = None,
     var: VarOpt = None,
     domain: DomainOpt = None,
+    domain_flags: DomainFlagsOpt = None,
+    quality_var: QualityVarOpt = None,
+    min_quality: MinQualityOpt = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write.")] = Path(
         "mask_prior.safetensors"),
     window: Annotated[int, typer.Option(
@@ -801,7 +873,8 @@ def train_mask_prior(
         widths = _parse_channels(channels)
         with _training(output, log_file, resume, overwrite, [data, mask, domain], device,
                        progress) as (control, log_io, dev, progress):
-            fld, dom = _load_inputs(data, mask, var, domain)
+            fld, dom = _load_inputs(data, mask, var, domain,
+                                    _quality(quality_var, min_quality), domain_flags)
             if fld.frames < window:
                 raise CtxqError(f"{data}: {fld.frames} frames, fewer than --window {window}")
             options = MaskPriorOptions(window=window, channels=widths, stem_patch=stem_patch,

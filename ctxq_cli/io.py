@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from safetensors import SafetensorError
 
+from ctxq_cli import flags
 from ctxq_cli.cf import PACKING_ATTRS, Encoding, decode, encode
 from ctxq_cli.errors import CtxqError
 
@@ -68,6 +69,12 @@ class Field:
     def grid(self) -> tuple[int, int]:
         """(H, W) of the grid."""
         return self.values.shape[-2], self.values.shape[-1]
+
+    @property
+    def grid_dims(self) -> tuple[str, ...]:
+        """Names of the (y, x) dims on disk."""
+        return tuple(d for i, (d, n) in enumerate(zip(self.dims, self.shape))
+                     if n > 1 and i != self.time_axis)
 
     @property
     def frames(self) -> int:
@@ -185,7 +192,8 @@ def _attrs(var: Any) -> dict[str, Any]:
 
 
 def _data_variables(ds: Any, ancillary: bool = False) -> list[str]:
-    """Names of variables that are not coordinates, bounds or the mask (nor ancillary)."""
+    """Names of variables that are not coordinates, bounds or the mask (nor ancillary or CF
+    flag variables such as a quality level, unless ``ancillary``)."""
     # Bounds and ancillary variables (e.g. an estimate's spread) are not data to fill, but
     # may be read when asked for by name.
     linked = set()
@@ -198,6 +206,8 @@ def _data_variables(ds: Any, ancillary: bool = False) -> list[str]:
         if name in ds.dimensions or name in linked or name == MASK_VARIABLE:
             continue
         if getattr(var.dtype, "kind", "O") not in "iufb" or var.ndim < 2:
+            continue
+        if not ancillary and flags.is_flag_variable(_attrs(var)):
             continue
         out.append(name)
     return out
@@ -300,11 +310,20 @@ class FieldSource:
     reader: Callable[[int, int], tuple[np.ndarray, np.ndarray]]
     mask: Callable[[int, int], np.ndarray] | None = None
     mask_path: Path | None = None
+    quality: flags.Quality | None = None
+    rejected: np.ndarray | None = None   # per frame read: observations failing ``quality``
 
     @property
     def grid(self) -> tuple[int, int]:
         """(H, W) of the grid."""
         return self.template.grid
+
+    def describe_quality(self) -> str | None:
+        """'1234 observations with quality_level below 4 treated as missing' once read."""
+        if self.quality is None or self.rejected is None:
+            return None
+        return (f"{int(self.rejected.sum())} observations with {self.quality.variable} below "
+                f"{self.quality.minimum:g} treated as missing")
 
     def read(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
         """Values (0 where missing) and observed cells of frames [a, b)."""
@@ -317,11 +336,20 @@ class FieldSource:
         return values, observed
 
 
+def _referenced(attrs: dict[str, Any]) -> set[str]:
+    """Variables a data variable names in ``coordinates`` and ``grid_mapping`` (CF 5.6's
+    short form 'crs' or long form 'crs: x y')."""
+    names = set(str(attrs.get("coordinates", "")).split())
+    return names | {t.rstrip(":") for t in str(attrs.get("grid_mapping", "")).split()}
+
+
 def _netcdf_source(path: Path, requested: Sequence[str] | None,
-                   default: Sequence[str]) -> FieldSource:
-    """Metadata of the chosen variables of a NetCDF file, their values read on demand."""
+                   default: Sequence[str], quality: flags.Quality | None = None) -> FieldSource:
+    """Metadata of the chosen variables of a NetCDF file, their values read on demand
+    (observations below ``quality`` are missing)."""
     with _open_netcdf(path) as ds:
-        available = {n: ds.variables[n].ndim for n in _data_variables(ds, bool(requested))}
+        available = {n: ds.variables[n].ndim for n in _data_variables(ds, bool(requested))
+                     if quality is None or n != quality.variable}
         names = choose_variables(path, available, requested, default, list(ds.variables))
         first = ds.variables[names[0]]
         dims, shape = tuple(first.dimensions), tuple(first.shape)
@@ -333,7 +361,10 @@ def _netcdf_source(path: Path, requested: Sequence[str] | None,
                 raise CtxqError(f"{path}: variable '{name}' has dims {tuple(var.dimensions)}, "
                                 f"unlike '{names[0]}' {dims}; variables must share a grid")
             attrs.append(_attrs(var))
-        wanted = set(dims).union(*(str(a.get("coordinates", "")).split() for a in attrs))
+        if quality is not None:
+            _check_quality(path, ds, quality, dims)
+            quality_attrs = _attrs(ds.variables[quality.variable])
+        wanted = set(dims).union(*(_referenced(a) for a in attrs))
         coords = [Coordinate(n, tuple(v.dimensions), _read(path, v), _attrs(v))
                   for n, v in ds.variables.items()
                   if n in wanted and set(v.dimensions) <= set(dims)
@@ -356,13 +387,23 @@ def _netcdf_source(path: Path, requested: Sequence[str] | None,
     def read(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
         values, missing = [], []
         with _open_netcdf(path) as ds:
+            where: tuple[Any, ...] = (...,)
+            if time_axis is not None:
+                where = tuple(slice(a, b) if i == time_axis else slice(None)
+                              for i in range(len(dims)))
+            trusted, failing = None, 0
+            if quality is not None:
+                levels = _decode(path, quality.variable, _read_slice(
+                    path, ds.variables[quality.variable], where), quality_attrs)
+                trusted = quality.good(levels.values, levels.missing)
             for name, var_attrs in zip(names, attrs):
                 var = ds.variables[name]
-                where: tuple[Any, ...] = (...,)
-                if time_axis is not None:
-                    where = tuple(slice(a, b) if i == time_axis else slice(None)
-                                  for i in range(len(dims)))
                 dec = _decode(path, name, _read_slice(path, var, where), var_attrs)
+                if trusted is not None:
+                    bad = to_internal(~dec.missing & ~trusted, time_axis)
+                    failing = failing + bad.reshape(len(bad), -1).sum(axis=1)
+                    dec.missing |= ~trusted
+                    dec.values[~trusted] = 0
                 values.append(to_internal(dec.values, time_axis))
                 missing.append(to_internal(dec.missing, time_axis))
                 if dec.counts.get("out_of_range") and name not in reported:
@@ -372,22 +413,29 @@ def _netcdf_source(path: Path, requested: Sequence[str] | None,
                              path, name, dec.counts["out_of_range"],
                              "" if whole else f" in frames {a}–{b - 1}",
                              "" if whole else " (later frames are not reported)")
+        if quality is not None:
+            source.rejected[a:b] = failing     # assigned, not added: frames may be read twice
         return np.stack(values, axis=1), ~np.stack(missing, axis=1)
 
-    return FieldSource(template=template, frames=frames, reader=read)
+    source = FieldSource(template=template, frames=frames, reader=read, quality=quality,
+                         rejected=np.zeros(frames, np.int64))
+    return source
+
+
+def _check_quality(path: Path, ds: Any, quality: flags.Quality, dims: tuple[str, ...]) -> None:
+    """The quality variable must exist on the data's dims."""
+    var = ds.variables.get(quality.variable)
+    if var is None:
+        raise CtxqError(f"{path}: no quality variable '{quality.variable}' (variables: "
+                        f"{', '.join(sorted(ds.variables))})")
+    if tuple(var.dimensions) != dims:
+        raise CtxqError(f"{path}: quality variable '{quality.variable}' has dims "
+                        f"{tuple(var.dimensions)}, the data {dims}")
 
 
 def _decoded_dtype(var: Any) -> np.dtype:
     """float64 for double variables, else float32 (what ``cf.decode`` gives)."""
     return np.dtype(np.float64) if np.dtype(var.dtype) == np.float64 else np.dtype(np.float32)
-
-
-def _read_netcdf(path: Path, requested: Sequence[str] | None, default: Sequence[str]) -> Field:
-    """Read and decode the chosen variables of a NetCDF file."""
-    source = _netcdf_source(path, requested, default)
-    fld = source.template
-    fld.values, fld.observed = source.read(0, source.frames)
-    return fld
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -434,22 +482,25 @@ def _read_npz(path: Path, requested: Sequence[str] | None, default: Sequence[str
 
 
 def read_field(path: Path | str, variables: Sequence[str] | None = None,
-               mask_path: Path | str | None = None, default: Sequence[str] = ()) -> Field:
+               mask_path: Path | str | None = None, default: Sequence[str] = (),
+               quality: flags.Quality | None = None) -> Field:
     """Read a field and its observation mask from NetCDF or NPZ (plus ``--mask FILE``).
 
     Without ``variables``, ``default`` is used when the file has all of them (a checkpoint's
-    variables, say), else the only gridded data variable.
+    variables, say), else the only gridded data variable. Observations below ``quality`` are
+    missing (the count is logged).
     """
-    path = Path(path)
-    reader = _read_netcdf if file_format(path) == "netcdf" else _read_npz
-    fld = reader(path, variables, default)
-    if mask_path is not None:
-        apply_mask(fld, read_mask(Path(mask_path), fld.names), Path(mask_path))
+    source = open_field(path, variables, mask_path, default, quality)
+    fld = source.template
+    fld.values, fld.observed = source.read(0, source.frames)
+    if source.quality is not None:
+        log.info("%s: %s", path, source.describe_quality())
     return fld
 
 
 def open_field(path: Path | str, variables: Sequence[str] | None = None,
-               mask_path: Path | str | None = None, default: Sequence[str] = ()) -> FieldSource:
+               mask_path: Path | str | None = None, default: Sequence[str] = (),
+               quality: flags.Quality | None = None) -> FieldSource:
     """Like :func:`read_field`, but a NetCDF field's frames are read when asked for.
 
     NPZ files (compressed archives) and NPZ or per-variable masks are read whole; a NetCDF
@@ -457,7 +508,9 @@ def open_field(path: Path | str, variables: Sequence[str] | None = None,
     """
     path = Path(path)
     if file_format(path) == "netcdf":
-        source = _netcdf_source(path, variables, default)
+        source = _netcdf_source(path, variables, default, quality)
+    elif quality is not None:
+        raise CtxqError(f"{path}: a quality variable needs a NetCDF file (NPZ has none)")
     else:
         fld = _read_npz(path, variables, default)
         source = FieldSource(template=fld, frames=fld.values.shape[0],
@@ -602,8 +655,13 @@ def apply_mask(fld: Field, mask: np.ndarray, mask_path: Path) -> None:
     fld.values = np.where(fld.observed, fld.values, 0).astype(fld.values.dtype)
 
 
-def read_domain(path: Path | str, grid: tuple[int, int]) -> np.ndarray:
-    """Read a 2-D domain mask (nonzero = inside, to be filled and scored) of the given grid."""
+def read_domain(path: Path | str, grid: tuple[int, int],
+                meanings: Sequence[str] | None = None) -> np.ndarray:
+    """Read a 2-D domain mask (nonzero = inside, to be filled and scored) of the given grid.
+
+    A CF flag variable (a land/sea ``mask`` with ``flag_meanings``) is read by meaning: the
+    cells flagged with one of ``meanings``, by default the water ones (:mod:`ctxq_cli.flags`).
+    """
     path = Path(path)
     found, available = read_raw(path, DOMAIN_VARIABLES)
     if not found and file_format(path) == "netcdf":
@@ -621,6 +679,22 @@ def read_domain(path: Path | str, grid: tuple[int, int]) -> np.ndarray:
         raise CtxqError(f"{path}: domain '{name}' has shape {dec.values.shape}, data grid is "
                         f"{tuple(grid)}")
     inside = (squeezed != 0) & ~dec.missing.reshape(squeezed.shape)
+    if flags.is_flag_variable(var.attrs):
+        try:
+            cells, kept = flags.cells_meaning(var.values, var.attrs,
+                                              None if meanings is None else set(meanings))
+        except ValueError as exc:
+            raise CtxqError(f"{path}: flag variable '{name}': {exc}") from None
+        if not kept:
+            raise CtxqError(f"{path}: flag variable '{name}' has none of the meanings "
+                            f"{', '.join(meanings or ['of water'])} (it has: "
+                            f"{var.attrs['flag_meanings']})")
+        inside = cells.reshape(squeezed.shape) & ~dec.missing.reshape(squeezed.shape)
+        log.info("%s: domain from flag variable '%s': cells flagged %s", path, name,
+                 " or ".join(kept))
+    elif meanings:
+        raise CtxqError(f"{path}: domain '{name}' is not a CF flag variable (no flag_meanings);"
+                        " --domain-flags needs one")
     if not inside.any():
         raise CtxqError(f"{path}: domain '{name}' has no cell inside")
     return inside
@@ -688,6 +762,9 @@ def write_errors(path: Path) -> Iterator[None]:
         reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
         raise CtxqError(f"{path}: cannot write ({reason}); nothing was written (is the disk "
                         "full or the location read-only?)") from None
+
+
+MEMBER_DIM = "realization"     # CF's name for the dimension of ensemble members
 
 
 @dataclass
@@ -830,17 +907,17 @@ def _define_netcdf(ds: Any, template: Field, variables: Sequence[OutputVariable]
         ds.createDimension(dim, None if dim in template.unlimited else size)
     if any(v.member_dim for v in variables):
         k = next(v.values.shape[0] for v in variables if v.member_dim)
-        ds.createDimension("member", k)
-        mvar = ds.createVariable("member", "i4", ("member",))
+        ds.createDimension(MEMBER_DIM, k)
+        mvar = ds.createVariable(MEMBER_DIM, "i4", (MEMBER_DIM,))
         mvar[:] = np.arange(k)
-        mvar.long_name = "ensemble member"
+        mvar.setncatts({"standard_name": "realization", "long_name": "ensemble member"})
     for coord in template.coords:
         fill = coord.attrs.get("_FillValue")
         cvar = ds.createVariable(coord.name, coord.values.dtype, coord.dims, fill_value=fill)
         cvar.setncatts({k: v for k, v in coord.attrs.items() if k != "_FillValue"})
         cvar[...] = coord.values
     for var in variables:
-        dims = (("member",) if var.member_dim else ()) + tuple(template.dims)
+        dims = ((MEMBER_DIM,) if var.member_dim else ()) + tuple(template.dims)
         enc = var.encoding
         nc = ds.createVariable(var.name, enc.dtype, dims, zlib=True, complevel=4,
                                fill_value=enc.fill_value)

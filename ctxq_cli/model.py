@@ -20,6 +20,7 @@ from ctxq_cli.diffusion import Denoiser, NoiseSchedule
 from ctxq_cli.errors import CtxqError
 from ctxq_cli.maskprior import MaskPrior, MaskPriorConfig
 from ctxq_cli.partition import IntersectionPartition, Partition, build_partition
+from ctxq_cli.provenance import TrainingData
 from ctxq_cli.temporal import SmootherConfig
 from ctxq_cli.unet import UNetConfig
 
@@ -103,6 +104,7 @@ class DenoiserModel:
     training: dict[str, Any] = field(default_factory=dict)
     mask_prior: MaskPriorModel | None = None   # for the ``prior`` partition
     smoother: SmootherConfig | None = None      # the first guess from the whole record
+    data: TrainingData | None = None            # units, grid and values it was trained on
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -131,6 +133,7 @@ class DenoiserModel:
             "step": self.step,
             "training": self.training,
             "temporal": None if self.smoother is None else self.smoother.to_dict(),
+            "data": None if self.data is None else self.data.to_dict(),
         }
 
     def save(self, path: Path | str, weights: dict[str, torch.Tensor] | None = None) -> None:
@@ -182,6 +185,7 @@ class DenoiserModel:
                 step=int(meta.get("step", 0)),
                 training=dict(meta.get("training", {})),
                 smoother=smoother,
+                data=TrainingData.from_dict(meta["data"]) if meta.get("data") else None,
             )
             _check_numbers(model)
             if "mask_prior" in meta:

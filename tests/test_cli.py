@@ -98,7 +98,7 @@ def test_scripted_form_and_members(workdir, tmp_path):
     assert result.exit_code == 0, result.output
     with netCDF4.Dataset(out) as ds:
         assert {"sst", "sst_std", "sst_members"} <= set(ds.variables)
-        assert ds.variables["sst_members"].dimensions == ("member", "time", "lat", "lon")
+        assert ds.variables["sst_members"].dimensions == ("realization", "time", "lat", "lon")
 
 
 def test_npz_in_npz_out(workdir, tmp_path):
@@ -348,3 +348,111 @@ def test_bad_tiles_are_one_line(workdir):
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith("ctxq: error: the tile overlap")
     assert not (workdir / "x.nc").exists()
+
+
+def test_every_output_variable_is_cf_placed_and_has_a_fill_value(workdir, tmp_path):
+    out = tmp_path / "cf.nc"
+    result = run("impute", workdir / "obs.nc", "--checkpoint", workdir / "denoiser.safetensors",
+                 "--ensemble", "2", "--members", "-o", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    domain = DenoiserModel.load(workdir / "denoiser.safetensors").domain
+    with netCDF4.Dataset(out) as ds:
+        for name in ("sst", "sst_std", "sst_flag", "sst_members"):
+            var = ds.variables[name]
+            assert "_FillValue" in var.ncattrs(), name
+            raw = var[:]
+            assert raw.mask[..., ~domain].all() and not raw.mask[..., domain].any(), name
+        assert ds.variables["sst_std"].standard_name == "sea_surface_temperature standard_error"
+        assert ds.variables["realization"].standard_name == "realization"
+
+
+def test_a_curvilinear_grid_keeps_its_coordinates_and_grid_mapping_on_every_output(tmp_path):
+    values = smooth_field(8, 12, 12, seed=7)
+    observed = np.random.default_rng(7).random(values.shape) < 0.5
+    obs = tmp_path / "nemo.nc"
+    with netCDF4.Dataset(obs, "w") as ds:
+        for d, n in zip(("time_counter", "y", "x"), values.shape):
+            ds.createDimension(d, n)
+        t = ds.createVariable("time_counter", "f8", ("time_counter",))
+        t[:], t.units = np.arange(8.0), "days since 2020-01-01"
+        for name, axis in (("nav_lat", 0), ("nav_lon", 1)):
+            c = ds.createVariable(name, "f4", ("y", "x"))
+            c[:] = np.indices((12, 12))[axis] * 0.25 + 40.0
+            c.units = "degrees_north" if axis == 0 else "degrees_east"
+        crs = ds.createVariable("crs", "i4", ())
+        crs.grid_mapping_name = "latitude_longitude"
+        v = ds.createVariable("thetao", "f4", ("time_counter", "y", "x"), fill_value=1e20)
+        v[:] = np.where(observed, values, 1e20)
+        v.units, v.coordinates, v.grid_mapping = "degC", "nav_lat nav_lon", "crs"
+    den, out = tmp_path / "d.safetensors", tmp_path / "out.nc"
+    assert run("train-denoiser", obs, "-o", den, *TINY).exit_code == 0
+    result = run("impute", obs, "--checkpoint", den, "--ensemble", "2", "--members", "-o", out,
+                 "--quiet")
+    assert result.exit_code == 0, result.output
+    with netCDF4.Dataset(out) as ds:
+        assert {"nav_lat", "nav_lon", "crs"} <= set(ds.variables)
+        for name in ("thetao", "thetao_std", "thetao_flag", "thetao_members"):
+            var = ds.variables[name]
+            assert var.coordinates == "nav_lat nav_lon" and var.grid_mapping == "crs", name
+
+
+def test_a_model_refuses_other_units_and_another_grid_in_one_line(workdir, tmp_path):
+    values = smooth_field(12, 16, 16, seed=0)
+    observed = np.random.default_rng(0).random(values.shape) < 0.4
+    celsius = write_nc(tmp_path / "celsius.nc", values - 273.15, observed=observed,
+                       extra={"units": "degC"})
+    moved = write_nc(tmp_path / "moved.nc", values, observed=observed)
+    with netCDF4.Dataset(moved, "a") as ds:
+        ds.variables["lat"][:] = ds.variables["lat"][:] + 20.0
+    den = workdir / "denoiser.safetensors"
+    for path, words in ((celsius, "is in 'degC', the model was trained on 'K'"),
+                        (moved, "coordinate 'lat' runs 20 to 35")):
+        out = tmp_path / f"{path.stem}_out.nc"
+        result = run("impute", path, "--checkpoint", den, "-o", out, "--ensemble", "2")
+        assert result.exit_code == 1 and words in result.output, result.output
+        assert "Traceback" not in result.output and not out.exists()
+    out = tmp_path / "anyway.nc"
+    result = run("impute", moved, "--checkpoint", den, "-o", out, "--ensemble", "2",
+                 "--allow-other-grid", "--quiet")
+    assert result.exit_code == 0, result.output
+
+
+def test_quality_levels_and_a_land_sea_flag_mask_select_what_is_used_and_filled(tmp_path):
+    values = 290.0 + smooth_field(10, 12, 12, seed=3)
+    rng = np.random.default_rng(3)
+    land = np.zeros((12, 12), bool)
+    land[:3, :4] = True
+    observed = (rng.random(values.shape) < 0.6) & ~land
+    levels = rng.integers(2, 6, values.shape).astype(np.int8)        # 2 … 5
+    obs = write_nc(tmp_path / "l3.nc", values, observed=observed)
+    with netCDF4.Dataset(obs, "a") as ds:
+        q = ds.createVariable("quality_level", "i1", ("time", "lat", "lon"), fill_value=-128)
+        q[:] = levels
+        q.flag_values, q.flag_meanings = np.arange(6, dtype=np.int8), "a b c d e f"
+    dom = tmp_path / "landsea.nc"
+    with netCDF4.Dataset(dom, "w") as ds:
+        ds.createDimension("lat", 12)
+        ds.createDimension("lon", 12)
+        m = ds.createVariable("mask", "i1", ("lat", "lon"))
+        m[:] = np.where(land, 2, 1).astype(np.int8)
+        m.flag_values, m.flag_meanings = np.array([1, 2], np.int8), "water land"
+    den, out = tmp_path / "d.safetensors", tmp_path / "out.nc"
+    select = ["--quality-var", "quality_level", "--min-quality", "4", "--domain", dom]
+    result = run("train-denoiser", obs, "-o", den, *select, *TINY[:-1])
+    assert result.exit_code == 0, result.output
+    failing = int((observed & (levels < 4)).sum())
+    assert f"{failing} observations with quality_level below 4 treated as missing" in result.output
+    assert "cells flagged water" in result.output
+    assert run("impute", obs, "--checkpoint", den, "-o", out, "--ensemble", "2", *select,
+               "--quiet").exit_code == 0
+    with netCDF4.Dataset(out) as ds:
+        filled = ds.variables["sst"][:].filled(np.nan)
+        flag = ds.variables["sst_flag"][:]
+        assert ds.ctxq_quality == "quality_level >= 4"
+    assert np.isnan(filled[:, land]).all() and np.isfinite(filled[:, ~land]).all()
+    kept = observed & (levels >= 4)
+    assert (flag[kept] == 0).all() and (flag[observed & (levels < 4)] == 1).all()
+    assert filled[kept].tobytes() == values[kept].tobytes()
+    result = run("impute", obs, "--checkpoint", den, "-o", tmp_path / "x.nc",
+                 "--quality-var", "quality_level")
+    assert result.exit_code == 1 and "go together" in result.output
