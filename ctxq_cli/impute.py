@@ -465,9 +465,11 @@ def _finish(model: DenoiserModel, est: np.ndarray, values: np.ndarray, observed:
     centre = phys.mean(axis=0)
     sigma = spread.sigma(phys.std(axis=0), first_std)
     if members:
-        noise = np.stack([np.stack([spread.noise(np.random.default_rng([seed, k, first + i, 13]),
-                                                 (c, h, w)) for i in range(t)])
-                          for k in range(len(phys))])
+        noise = None
+        if spread.first_guess and first_std is not None:   # the only use of the draws
+            noise = np.stack([np.stack([spread.noise(np.random.default_rng(
+                [seed, k, first + i, 13]), (c, h, w)) for i in range(t)])
+                for k in range(len(phys))])
         phys = centre + spread.members(phys - centre, first_std, noise)
     inside = domain[None, None]
     # Paste after averaging: a mean of K copies of a value need not equal it bit for bit.

@@ -678,8 +678,12 @@ def read_domain(path: Path | str, grid: tuple[int, int],
     if squeezed.shape != tuple(grid):
         raise CtxqError(f"{path}: domain '{name}' has shape {dec.values.shape}, data grid is "
                         f"{tuple(grid)}")
-    inside = (squeezed != 0) & ~dec.missing.reshape(squeezed.shape)
-    if flags.is_flag_variable(var.attrs):
+    if not flags.is_flag_variable(var.attrs):
+        if meanings:
+            raise CtxqError(f"{path}: domain '{name}' is not a CF flag variable (no "
+                            "flag_meanings); --domain-flags needs one")
+        inside = (squeezed != 0) & ~dec.missing.reshape(squeezed.shape)
+    else:
         try:
             cells, kept = flags.cells_meaning(var.values, var.attrs,
                                               None if meanings is None else set(meanings))
@@ -692,9 +696,6 @@ def read_domain(path: Path | str, grid: tuple[int, int],
         inside = cells.reshape(squeezed.shape) & ~dec.missing.reshape(squeezed.shape)
         log.info("%s: domain from flag variable '%s': cells flagged %s", path, name,
                  " or ".join(kept))
-    elif meanings:
-        raise CtxqError(f"{path}: domain '{name}' is not a CF flag variable (no flag_meanings);"
-                        " --domain-flags needs one")
     if not inside.any():
         raise CtxqError(f"{path}: domain '{name}' has no cell inside")
     return inside

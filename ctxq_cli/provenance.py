@@ -75,7 +75,7 @@ def describe(names: list[str], var_attrs: list[dict[str, Any]], coords: list[Any
     variables = []
     for c, name in enumerate(names):
         seen = values[:, c][observed[:, c]].astype(np.float64)
-        attrs = var_attrs[c] if c < len(var_attrs) else {}
+        attrs = var_attrs[c]
         variables.append(VariableFacts(
             name=name, units=_text(attrs.get("units")),
             standard_name=_text(attrs.get("standard_name")),

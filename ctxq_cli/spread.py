@@ -85,14 +85,15 @@ class Spread:
         return np.sqrt(variance).astype(np.float32)
 
     def members(self, deviations: np.ndarray, first_std: np.ndarray | None,
-                noise: np.ndarray) -> np.ndarray:
-        """Members' new deviations (K, …) from their raw ones and unit-variance ``noise``.
+                noise: np.ndarray | None) -> np.ndarray:
+        """Members' new deviations (K, …) from their raw ones and unit-variance ``noise``
+        (needed only with a first guess's std and a factor on it).
 
         The noise is centred over the members (and rescaled to unit variance), so that the
         members' mean stays the ensemble mean.
         """
         out = self.ensemble * deviations
-        k = len(noise)
+        k = len(deviations)
         if first_std is not None and self.first_guess and k > 1:
             centred = (noise - noise.mean(axis=0)) * np.float32(math.sqrt(k / (k - 1)))
             out = out + self.first_guess * first_std * centred
