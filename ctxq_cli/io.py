@@ -1,10 +1,12 @@
-"""Reading fields, observation masks and domains from NetCDF/NPZ; writing outputs atomically.
+"""Reading fields, observation masks and domains from NetCDF/zarr/NPZ; writing outputs
+atomically.
 
 A field is a stack of C variables on a (time, y, x) grid, held as ``values[t, c, y, x]`` with
 missing cells set to 0 and a boolean ``observed[t, c, y, x]``; NaN never leaves this module.
-Dimensions may carry any names (time/t/Time, lat/latitude/y/nav_lat, lon/longitude/x, ...) as
-long as they come in the order (time, y, x); singleton dimensions (a level, say) are squeezed
-and restored on writing. A 2-D (y, x) variable is one frame.
+Dimensions may carry any names (time/t/Time, lat/latitude/y/nav_lat, lon/longitude/x, ...) and
+come in any order (time first or last); singleton dimensions (a level chosen with ``--sel``,
+say) are squeezed and restored on writing. A 2-D (y, x) variable is one frame. A record of many
+files is read as one field (:mod:`ctxq_cli.record`).
 
 The observation mask is the data's own missing cells (CF fill values, NaN, inf, out of the
 valid range; see ``ctxq_cli.cf``), intersected with ``--mask FILE`` when given. The domain is
@@ -27,14 +29,13 @@ from typing import Any
 import numpy as np
 from safetensors import SafetensorError
 
-from ctxq_cli import flags
+from ctxq_cli import flags, record
 from ctxq_cli.cf import PACKING_ATTRS, Encoding, decode, encode
 from ctxq_cli.errors import CtxqError
 
 log = logging.getLogger(__name__)
 
-TIME_NAMES = {"time", "t", "times", "time_counter", "date", "valid_time", "day", "month", "year"}
-MASK_VARIABLE = "mask"
+MASK_VARIABLE = record.MASK_VARIABLE
 DOMAIN_VARIABLES = ("domain", "mask", "lsm", "land_sea_mask", "sea_mask", "valid")
 
 
@@ -64,6 +65,7 @@ class Field:
     coords: list[Coordinate] = field(default_factory=list)
     global_attrs: dict[str, Any] = field(default_factory=dict)
     unlimited: set[str] = field(default_factory=set)
+    parts: list[tuple[Path, int]] = field(default_factory=list)   # (file, frames) in order
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -191,28 +193,6 @@ def _attrs(var: Any) -> dict[str, Any]:
     return {k: var.getncattr(k) for k in var.ncattrs()}
 
 
-def _data_variables(ds: Any, ancillary: bool = False) -> list[str]:
-    """Names of variables that are not coordinates, bounds or the mask (nor ancillary or CF
-    flag variables such as a quality level, unless ``ancillary``)."""
-    # Bounds and ancillary variables (e.g. an estimate's spread) are not data to fill, but
-    # may be read when asked for by name.
-    linked = set()
-    for var in ds.variables.values():
-        for key in ("bounds",) + (() if ancillary else ("ancillary_variables",)):
-            if key in var.ncattrs():
-                linked.update(str(var.getncattr(key)).split())
-    out = []
-    for name, var in ds.variables.items():
-        if name in ds.dimensions or name in linked or name == MASK_VARIABLE:
-            continue
-        if getattr(var.dtype, "kind", "O") not in "iufb" or var.ndim < 2:
-            continue
-        if not ancillary and flags.is_flag_variable(_attrs(var)):
-            continue
-        out.append(name)
-    return out
-
-
 def choose_variables(path: Path, available: dict[str, int], requested: Sequence[str] | None,
                      default: Sequence[str] = (), present: Sequence[str] = ()) -> list[str]:
     """The variables to read: those requested, the defaults if all exist, or the only candidate.
@@ -252,48 +232,6 @@ def _decode(path: Path, name: str, raw: Any, attrs: dict[str, Any],
         return decode(np.asarray(raw), attrs, default_fill)
     except (TypeError, ValueError, RuntimeError, OSError) as exc:
         raise CtxqError(f"{path}: variable '{name}' cannot be decoded ({exc})") from None
-
-
-def _is_time(name: str, ds: Any = None) -> bool:
-    """Whether a dimension name denotes time (by name, or by its coordinate's units/axis)."""
-    if name.lower() in TIME_NAMES:
-        return True
-    if ds is not None and name in ds.variables:
-        attrs = _attrs(ds.variables[name])
-        return str(attrs.get("axis", "")).upper() == "T" or " since " in str(attrs.get("units", ""))
-    return False
-
-
-def layout(path: Path, var: str, dims: tuple[str, ...], shape: tuple[int, ...],
-           ds: Any = None) -> int | None:
-    """Check that dims are (time, y, x) up to singletons; return the time axis or None."""
-    time_axes = [i for i, d in enumerate(dims) if _is_time(d, ds)]
-    big = [i for i, n in enumerate(shape) if n > 1]
-    if len(time_axes) > 1:
-        raise CtxqError(f"{path}: variable '{var}' has several time dims {dims}")
-    if time_axes:
-        t = time_axes[0]
-        space = [i for i in big if i != t]
-        if len(space) == 2 and t < space[0]:
-            return t
-        if len(space) == 2:
-            raise CtxqError(f"{path}: variable '{var}' has dims ({', '.join(dims)}); "
-                            "expected the order (time, y, x)")
-    elif len(big) == 3:
-        return big[0]
-    elif len(big) == 2:
-        return None
-    names = ", ".join(f"{d}={n}" for d, n in zip(dims, shape))
-    raise CtxqError(f"{path}: variable '{var}' has dims ({names}); expected (time, y, x) "
-                    "or (y, x), plus optional singleton dims")
-
-
-def to_internal(array: np.ndarray, time_axis: int | None) -> np.ndarray:
-    """Reshape an on-disk array to (T, H, W) by squeezing singletons."""
-    if time_axis is None:
-        return array.reshape([n for n in array.shape if n > 1])[None]
-    moved = np.moveaxis(array, time_axis, 0)
-    return moved.reshape(moved.shape[0], *[n for n in moved.shape[1:] if n > 1])
 
 
 @dataclass
@@ -336,106 +274,177 @@ class FieldSource:
         return values, observed
 
 
-def _referenced(attrs: dict[str, Any]) -> set[str]:
-    """Variables a data variable names in ``coordinates`` and ``grid_mapping`` (CF 5.6's
-    short form 'crs' or long form 'crs: x y')."""
-    names = set(str(attrs.get("coordinates", "")).split())
-    return names | {t.rstrip(":") for t in str(attrs.get("grid_mapping", "")).split()}
-
-
-def _netcdf_source(path: Path, requested: Sequence[str] | None,
-                   default: Sequence[str], quality: flags.Quality | None = None) -> FieldSource:
-    """Metadata of the chosen variables of a NetCDF file, their values read on demand
+def record_source(parts: list[record.Part], requested: Sequence[str] | None,
+                  default: Sequence[str], quality: flags.Quality | None = None,
+                  selection: record.Selection | None = None) -> FieldSource:
+    """Metadata of the chosen variables of a record's parts, their frames read on demand
     (observations below ``quality`` are missing)."""
-    with _open_netcdf(path) as ds:
-        available = {n: ds.variables[n].ndim for n in _data_variables(ds, bool(requested))
-                     if quality is None or n != quality.variable}
-        names = choose_variables(path, available, requested, default, list(ds.variables))
-        first = ds.variables[names[0]]
-        dims, shape = tuple(first.dimensions), tuple(first.shape)
-        time_axis = layout(path, names[0], dims, shape, ds)
-        attrs = []
-        for name in names:
-            var = ds.variables[name]
-            if tuple(var.dimensions) != dims:
-                raise CtxqError(f"{path}: variable '{name}' has dims {tuple(var.dimensions)}, "
-                                f"unlike '{names[0]}' {dims}; variables must share a grid")
-            attrs.append(_attrs(var))
-        if quality is not None:
-            _check_quality(path, ds, quality, dims)
-            quality_attrs = _attrs(ds.variables[quality.variable])
-        wanted = set(dims).union(*(_referenced(a) for a in attrs))
-        coords = [Coordinate(n, tuple(v.dimensions), _read(path, v), _attrs(v))
-                  for n, v in ds.variables.items()
-                  if n in wanted and set(v.dimensions) <= set(dims)
-                  and getattr(v.dtype, "kind", "O") in "iufbM"]
-        unlimited = {d for d in dims if ds.dimensions[d].isunlimited()}
-        global_attrs = _attrs(ds)
-        dtype = np.result_type(*(_decoded_dtype(ds.variables[n]) for n in names))
-    frames = shape[time_axis] if time_axis is not None else 1
+    first = parts[0]
+    if selection:
+        for part in parts:
+            part.select(selection)
+    ds = first.dataset
+    available = {n: r for n, r in record.data_variables(ds, bool(requested)).items()
+                 if quality is None or n != quality.variable}
+    names = choose_variables(first.label, available, requested, default,
+                             list(map(str, ds.variables)))
+    var0 = ds.variables[names[0]]
+    dims, shape = tuple(map(str, var0.dims)), tuple(var0.shape)
+    dim_attrs = {d: dict(ds.variables[d].attrs) for d in dims if d in ds.variables}
+    time_axis = record.time_axis_of(first.label, names[0], dims, shape, dim_attrs)
+    checked = names + ([quality.variable] if quality is not None else [])
+    for part in parts:
+        _check_part(part, checked, dims, shape, time_axis, first, quality)
+    time_dim = dims[time_axis] if time_axis is not None else None
+    for part in parts:
+        part.frames = part.dataset.sizes[time_dim] if time_dim else 1
+        part.time = record.part_time(part, time_dim) if time_dim else None
+    if len(parts) > 1 and time_dim is None:
+        raise CtxqError(f"{first.label}: variable '{names[0]}' has no time dimension; "
+                        "several files are joined along time")
+    parts = record.order_parts(parts, time_dim or "")
+    frames = sum(p.frames for p in parts)
+    attrs = [first.variable_attrs(n) for n in names]
+    coords = _record_coords(parts, dims, attrs, time_dim)
+    if len(parts) > 1:
+        _check_same_grid(parts, coords, time_dim)
+    full_shape = tuple(frames if i == time_axis else n for i, n in enumerate(shape))
+    unlimited = set(ds.encoding.get("unlimited_dims", ())) & set(dims)
+    if len(parts) > 1 and time_dim:
+        unlimited.add(time_dim)
+    dtype = np.result_type(*(_decoded_dtype(ds.variables[n].dtype) for n in names))
     grid = tuple(n for i, n in enumerate(shape) if n > 1 and i != time_axis)
-    template = Field(path=path, format="netcdf", names=names,
+    template = Field(path=first.label if len(parts) == 1 else Path(f"{first.label} … "
+                                                                  f"{parts[-1].label}"),
+                     format="netcdf", names=names,
                      values=np.zeros((0, len(names), *grid), dtype),
-                     observed=np.zeros((0, len(names), *grid), bool), dims=dims, shape=shape,
-                     time_axis=time_axis,
-                     var_attrs=[{k: v for k, v in a.items() if k not in PACKING_ATTRS}
-                                for a in attrs],
-                     coords=coords, global_attrs=global_attrs, unlimited=unlimited)
-
+                     observed=np.zeros((0, len(names), *grid), bool), dims=dims,
+                     shape=full_shape, time_axis=time_axis,
+                     var_attrs=[record.without_packing(a) for a in attrs], coords=coords,
+                     global_attrs=dict(ds.attrs), unlimited=unlimited,
+                     parts=[(p.label, p.frames) for p in parts])
+    if selection:
+        template.global_attrs["ctxq_selection"] = selection.describe()
     reported: set[str] = set()   # variables whose out-of-range values were reported
+    source = FieldSource(template=template, frames=frames, reader=lambda a, b: (None, None),
+                         quality=quality, rejected=np.zeros(frames, np.int64))
+
+    def read_part(part: record.Part, a: int, b: int,
+                  whole: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Frames [a, b) of the record that lie in ``part``."""
+        where: tuple[Any, ...] = (...,)
+        if time_axis is not None:
+            where = tuple(slice(a - part.offset, b - part.offset) if i == time_axis
+                          else slice(None) for i in range(len(dims)))
+        with part.opened() as ds:
+            raw = {n: part.read(n, where, ds) for n in checked}
+        trusted, failing = None, 0
+        if quality is not None:
+            levels = part.decode(quality.variable, raw[quality.variable])
+            trusted = quality.good(levels.values, levels.missing)
+        values, missing = [], []
+        for name in names:
+            dec = part.decode(name, raw[name])
+            if trusted is not None:
+                bad = record.to_internal(~dec.missing & ~trusted, time_axis)
+                failing = failing + bad.reshape(len(bad), -1).sum(axis=1)
+                dec.missing |= ~trusted
+                dec.values[~trusted] = 0
+            values.append(record.to_internal(dec.values, time_axis))
+            missing.append(record.to_internal(dec.missing, time_axis))
+            if dec.counts.get("out_of_range") and name not in reported:
+                reported.add(name)    # once per variable, not once per chunk
+                log.info("%s: %s: %d values outside the valid range%s treated as missing%s",
+                         part.label, name, dec.counts["out_of_range"],
+                         "" if whole else f" in frames {a}–{b - 1}",
+                         "" if whole else " (later frames are not reported)")
+        if quality is not None:
+            assert source.rejected is not None
+            source.rejected[a:b] = failing     # assigned, not added: frames may be read twice
+        return np.stack(values, axis=1).astype(dtype, copy=False), ~np.stack(missing, axis=1)
 
     def read(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-        values, missing = [], []
-        with _open_netcdf(path) as ds:
-            where: tuple[Any, ...] = (...,)
-            if time_axis is not None:
-                where = tuple(slice(a, b) if i == time_axis else slice(None)
-                              for i in range(len(dims)))
-            trusted, failing = None, 0
-            if quality is not None:
-                levels = _decode(path, quality.variable, _read_slice(
-                    path, ds.variables[quality.variable], where), quality_attrs)
-                trusted = quality.good(levels.values, levels.missing)
-            for name, var_attrs in zip(names, attrs):
-                var = ds.variables[name]
-                dec = _decode(path, name, _read_slice(path, var, where), var_attrs)
-                if trusted is not None:
-                    bad = to_internal(~dec.missing & ~trusted, time_axis)
-                    failing = failing + bad.reshape(len(bad), -1).sum(axis=1)
-                    dec.missing |= ~trusted
-                    dec.values[~trusted] = 0
-                values.append(to_internal(dec.values, time_axis))
-                missing.append(to_internal(dec.missing, time_axis))
-                if dec.counts.get("out_of_range") and name not in reported:
-                    reported.add(name)    # once per variable, not once per chunk
-                    whole = (a, b) == (0, frames)
-                    log.info("%s: %s: %d values outside the valid range%s treated as missing%s",
-                             path, name, dec.counts["out_of_range"],
-                             "" if whole else f" in frames {a}–{b - 1}",
-                             "" if whole else " (later frames are not reported)")
-        if quality is not None:
-            source.rejected[a:b] = failing     # assigned, not added: frames may be read twice
-        return np.stack(values, axis=1), ~np.stack(missing, axis=1)
+        whole = (a, b) == (0, frames) and len(parts) == 1
+        pieces = [read_part(p, max(a, p.offset), min(b, p.offset + p.frames), whole)
+                  for p in parts if p.offset < b and a < p.offset + p.frames]
+        if len(pieces) == 1:
+            return pieces[0]
+        return (np.concatenate([v for v, _ in pieces]), np.concatenate([o for _, o in pieces]))
 
-    source = FieldSource(template=template, frames=frames, reader=read, quality=quality,
-                         rejected=np.zeros(frames, np.int64))
+    source.reader = read
+    for part in parts:
+        part.close()
     return source
 
 
-def _check_quality(path: Path, ds: Any, quality: flags.Quality, dims: tuple[str, ...]) -> None:
-    """The quality variable must exist on the data's dims."""
-    var = ds.variables.get(quality.variable)
-    if var is None:
-        raise CtxqError(f"{path}: no quality variable '{quality.variable}' (variables: "
-                        f"{', '.join(sorted(ds.variables))})")
-    if tuple(var.dimensions) != dims:
-        raise CtxqError(f"{path}: quality variable '{quality.variable}' has dims "
-                        f"{tuple(var.dimensions)}, the data {dims}")
+def _check_part(part: record.Part, names: Sequence[str], dims: tuple[str, ...],
+                shape: tuple[int, ...], time_axis: int | None, first: record.Part,
+                quality: flags.Quality | None) -> None:
+    """Every variable of every part on the first variable's dims (time may differ in length)."""
+    ds = part.dataset
+    for name in names:
+        if name not in ds.variables:
+            what = "quality variable" if quality and name == quality.variable else "variable"
+            raise CtxqError(f"{part.label}: no {what} '{name}' (variables: "
+                            f"{', '.join(sorted(map(str, ds.variables)))})")
+        var = ds.variables[name]
+        if tuple(map(str, var.dims)) != dims:
+            raise CtxqError(f"{part.label}: variable '{name}' has dims {tuple(var.dims)}, "
+                            f"unlike '{names[0]}' in {first.label} {dims}; variables must "
+                            "share a grid")
+        other = tuple(n for i, n in enumerate(var.shape) if i != time_axis)
+        if other != tuple(n for i, n in enumerate(shape) if i != time_axis):
+            raise CtxqError(f"{part.label}: variable '{name}' has shape {tuple(var.shape)}, "
+                            f"unlike {first.label} {shape}; files must share a grid")
 
 
-def _decoded_dtype(var: Any) -> np.dtype:
+def _record_coords(parts: list[record.Part], dims: tuple[str, ...],
+                   attrs: Sequence[dict[str, Any]], time_dim: str | None) -> list[Coordinate]:
+    """Coordinates to copy to outputs; those along time joined over the parts (the time
+    coordinate in the first part's units)."""
+    first = parts[0].dataset
+    wanted = set(dims).union(*(record.referenced(a) for a in attrs))
+    coords = []
+    for name, var in first.variables.items():
+        vdims = tuple(map(str, var.dims))
+        if name not in wanted or not set(vdims) <= set(dims) or var.dtype.kind not in "iufbM":
+            continue
+        if time_dim in vdims and len(parts) > 1:
+            if name == time_dim and parts[0].time is not None:
+                values = np.concatenate([p.time.expressed_in(parts[0].time) for p in parts
+                                         if p.time is not None])
+            else:
+                axis = vdims.index(time_dim)
+                values = np.concatenate([p.read(name, (...,), p.dataset)
+                                         for p in parts],
+                                        axis=axis)
+        else:
+            values = parts[0].read(name, (...,), parts[0].dataset)
+        coords.append(Coordinate(str(name), vdims, values, dict(var.attrs)))
+    return coords
+
+
+def _check_same_grid(parts: list[record.Part], coords: list[Coordinate],
+                     time_dim: str | None) -> None:
+    """Every part's coordinates off the time axis equal the first part's."""
+    for coord in coords:
+        if time_dim in coord.dims:
+            continue
+        for part in parts[1:]:
+            if coord.name not in part.dataset.variables:
+                raise CtxqError(f"{part.label}: no coordinate '{coord.name}', unlike "
+                                f"{parts[0].label}")
+            other = part.read(coord.name, (...,), part.dataset)
+            if other.shape != coord.values.shape or not np.array_equal(
+                    other, coord.values, equal_nan=other.dtype.kind == "f"):
+                raise CtxqError(f"{part.label}: coordinate '{coord.name}' differs from "
+                                f"{parts[0].label}; files must share a grid")
+
+
+def _decoded_dtype(dtype: np.dtype) -> np.dtype:
     """float64 for double variables, else float32 (what ``cf.decode`` gives)."""
-    return np.dtype(np.float64) if np.dtype(var.dtype) == np.float64 else np.dtype(np.float32)
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -464,15 +473,15 @@ def _read_npz(path: Path, requested: Sequence[str] | None, default: Sequence[str
     names = choose_variables(path, available, requested, [*default] or ["data"], list(arrays))
     shape = arrays[names[0]].shape
     dims = _npz_dims(len(shape))
-    time_axis = layout(path, names[0], dims, shape)
+    time_axis = record.time_axis_of(path, names[0], dims, shape)
     values, missing = [], []
     for name in names:
         if arrays[name].shape != shape:
             raise CtxqError(f"{path}: array '{name}' has shape {arrays[name].shape}, "
                             f"unlike '{names[0]}' {shape}")
         dec = _decode(path, name, arrays[name], {}, default_fill=False)
-        values.append(to_internal(dec.values, time_axis))
-        missing.append(to_internal(dec.missing, time_axis))
+        values.append(record.to_internal(dec.values, time_axis))
+        missing.append(record.to_internal(dec.missing, time_axis))
     fld = Field(path=path, format="npz", names=names, values=np.stack(values, axis=1),
                 observed=~np.stack(missing, axis=1), dims=dims, shape=shape,
                 time_axis=time_axis, var_attrs=[{} for _ in names])
@@ -481,40 +490,52 @@ def _read_npz(path: Path, requested: Sequence[str] | None, default: Sequence[str
     return fld
 
 
-def read_field(path: Path | str, variables: Sequence[str] | None = None,
-               mask_path: Path | str | None = None, default: Sequence[str] = (),
-               quality: flags.Quality | None = None) -> Field:
-    """Read a field and its observation mask from NetCDF or NPZ (plus ``--mask FILE``).
+Inputs = Path | str | Sequence[Path | str]
 
-    Without ``variables``, ``default`` is used when the file has all of them (a checkpoint's
-    variables, say), else the only gridded data variable. Observations below ``quality`` are
-    missing (the count is logged).
+
+def read_field(inputs: Inputs, variables: Sequence[str] | None = None,
+               mask_path: Path | str | None = None, default: Sequence[str] = (),
+               quality: flags.Quality | None = None,
+               selection: record.Selection | None = None) -> Field:
+    """Read a field and its observation mask from NetCDF, zarr or NPZ (plus ``--mask FILE``).
+
+    ``inputs`` is a file, a zarr store, a glob, a directory or a list of them (one record
+    along time). Without ``variables``, ``default`` is used when the file has all of them (a
+    checkpoint's variables, say), else the only gridded data variable. Observations below
+    ``quality`` are missing (the count is logged).
     """
-    source = open_field(path, variables, mask_path, default, quality)
+    source = open_field(inputs, variables, mask_path, default, quality, selection)
     fld = source.template
     fld.values, fld.observed = source.read(0, source.frames)
     if source.quality is not None:
-        log.info("%s: %s", path, source.describe_quality())
+        log.info("%s: %s", fld.path, source.describe_quality())
     return fld
 
 
-def open_field(path: Path | str, variables: Sequence[str] | None = None,
+def open_field(inputs: Inputs, variables: Sequence[str] | None = None,
                mask_path: Path | str | None = None, default: Sequence[str] = (),
-               quality: flags.Quality | None = None) -> FieldSource:
-    """Like :func:`read_field`, but a NetCDF field's frames are read when asked for.
+               quality: flags.Quality | None = None,
+               selection: record.Selection | None = None) -> FieldSource:
+    """Like :func:`read_field`, but a NetCDF or zarr record's frames are read when asked for.
 
     NPZ files (compressed archives) and NPZ or per-variable masks are read whole; a NetCDF
     ``mask`` variable is read range by range like the field.
     """
-    path = Path(path)
-    if file_format(path) == "netcdf":
-        source = _netcdf_source(path, variables, default, quality)
-    elif quality is not None:
-        raise CtxqError(f"{path}: a quality variable needs a NetCDF file (NPZ has none)")
-    else:
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    if not items:
+        raise CtxqError("no input file given")
+    path = Path(items[0])
+    if len(items) == 1 and path.is_file() and file_format(path) == "npz":
+        if quality is not None:
+            raise CtxqError(f"{path}: a quality variable needs a NetCDF file (NPZ has none)")
+        if selection:
+            raise CtxqError(f"{path}: --sel/--isel need a NetCDF file (NPZ has no named dims)")
         fld = _read_npz(path, variables, default)
         source = FieldSource(template=fld, frames=fld.values.shape[0],
                              reader=lambda a, b: (fld.values[a:b], fld.observed[a:b]))
+    else:
+        source = record_source(record.open_parts(items), variables, default, quality,
+                               selection)
     if mask_path is not None:
         mask_path = Path(mask_path)
         source.mask, source.mask_path = _mask_source(mask_path, source), mask_path
@@ -529,7 +550,8 @@ def _mask_source(path: Path, source: FieldSource) -> Callable[[int, int], np.nda
             var = ds.variables.get(MASK_VARIABLE)
             if var is not None:
                 dims, shape = tuple(var.dimensions), tuple(var.shape)
-                time_axis = layout(path, MASK_VARIABLE, dims, shape, ds)
+                time_axis = record.time_axis_of(path, MASK_VARIABLE, dims, shape, {
+                    d: _attrs(ds.variables[d]) for d in dims if d in ds.variables})
                 if time_axis is not None and shape[time_axis] == source.frames > 1:
                     attrs = _attrs(var)
 
@@ -635,8 +657,8 @@ def read_mask(path: Path, names: Sequence[str]) -> np.ndarray:
 def _mask_to_internal(path: Path, name: str, mask: np.ndarray,
                       dims: tuple[str, ...]) -> np.ndarray:
     """A mask array as (T, 1, H, W); a 2-D mask becomes one static frame."""
-    time_axis = layout(path, name, dims, mask.shape)
-    return to_internal(mask, time_axis)[:, None]
+    time_axis = record.time_axis_of(path, name, dims, mask.shape)
+    return record.to_internal(mask, time_axis)[:, None]
 
 
 def apply_mask(fld: Field, mask: np.ndarray, mask_path: Path) -> None:
@@ -665,8 +687,7 @@ def read_domain(path: Path | str, grid: tuple[int, int],
     path = Path(path)
     found, available = read_raw(path, DOMAIN_VARIABLES)
     if not found and file_format(path) == "netcdf":
-        with _open_netcdf(path) as ds:
-            candidates = _data_variables(ds)
+        candidates = list(record.data_variables(record.open_dataset(path)))
         if len(candidates) == 1:
             found, _ = read_raw(path, candidates)
     if not found:
@@ -790,12 +811,8 @@ def history_line(command: str, version: str) -> str:
 
 
 def _to_disk(fld: Field, values: np.ndarray) -> np.ndarray:
-    """Reshape internal (T, H, W) values back to the variable's on-disk shape (T frames)."""
-    if fld.time_axis is None:
-        return values[0].reshape(fld.shape)
-    moved = list(fld.shape)
-    moved.pop(fld.time_axis)
-    return np.moveaxis(values.reshape(values.shape[0], *moved), 0, fld.time_axis)
+    """Internal (T, H, W) values in the variable's on-disk layout (T frames)."""
+    return record.to_disk(values, fld.shape, fld.time_axis)
 
 
 def write_output(path: Path | str, template: Field, variables: Sequence[OutputVariable],

@@ -152,8 +152,7 @@ def test_check_output_refuses_existing_and_inputs(tmp_path):
     ("unknown_var", r"no variable 'nope' \(available: .*sst"),
     ("coordinate", "'lat' is not a gridded data variable"),
     ("several", "several data variables"),
-    ("dims", "expected"),
-    ("transposed", "expected the order"),
+    ("dims", "choose one element of 'depth' with --sel depth=VALUE"),
     ("mask_shape", "does not match"),
     ("mask_values", "values other than 0/1/NaN"),
     ("corrupt", "cannot be read as NetCDF"),
@@ -179,9 +178,6 @@ def test_errors_are_one_line_and_name_the_file(tmp_path, small_field, case, patt
     elif case == "dims":
         path = write_nc(tmp_path / "4d.nc", np.zeros((2, 3, 4, 5), np.float32),
                         dims=("time", "depth", "lat", "lon"))
-    elif case == "transposed":
-        path = write_nc(tmp_path / "t.nc", np.zeros((4, 5, 3), np.float32),
-                        dims=("lat", "lon", "time"))
     elif case == "mask_shape":
         kwargs["mask_path"] = write_mask_nc(tmp_path / "m.nc", observed[:, :8])
     elif case == "mask_values":

@@ -1,0 +1,474 @@
+"""A record: one file, many files (a list, a glob, a directory), a zarr store or an xarray
+object, read as one field along time, lazily, a range of frames at a time.
+
+Files are opened with xarray without decoding (``decode_cf=False``): ctxq decodes each range
+itself (:mod:`ctxq_cli.cf`), because xarray ignores ``valid_range`` and the netCDF default fill
+value, and observed values must come back bit for bit. Each file is read only where a range of
+frames falls in it, through xarray's lazy indexing, so memory follows the range, not the
+record; xarray keeps at most ``file_cache_maxsize`` files open at once.
+
+Several files are one record when they hold the same variables on the same grid: they are put
+in the order of their decoded time (each file's own units and reference date; one calendar),
+and times that repeat or overlap are an error. Dimensions may come in any order; time is found
+by name, CF ``axis``, ``standard_name`` or ``units``; any further dimension of more than one
+element must be chosen with a :class:`Selection` (``--sel depth=0``, ``--isel depth=0``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctxq_cli import flags
+from ctxq_cli.cf import PACKING_ATTRS, decode
+from ctxq_cli.errors import CtxqError
+
+log = logging.getLogger(__name__)
+
+TIME_NAMES = {"time", "t", "times", "time_counter", "date", "valid_time", "day", "month", "year"}
+MASK_VARIABLE = "mask"
+NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5")
+GLOB_CHARS = set("*?[")
+
+
+# ----------------------------------------------------------------------------- which files
+
+def expand(inputs: Sequence[str | Path]) -> list[Path]:
+    """The files (or zarr stores) named by paths, globs and directories, in the order given
+    (a glob's or directory's matches sorted by name)."""
+    out: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.exists():
+            if path.is_dir() and not is_zarr(path):
+                found = sorted(p for p in path.iterdir()
+                               if p.suffix.lower() in NETCDF_SUFFIXES or is_zarr(p))
+                if not found:
+                    raise CtxqError(f"{path}: directory holds no NetCDF file or zarr store")
+                out += found
+            else:
+                out.append(path)
+        elif GLOB_CHARS & set(str(item)):
+            found = sorted(Path(p) for p in glob.glob(str(item)))
+            if not found:
+                raise CtxqError(f"{item}: no file matches")
+            out += found
+        else:
+            raise CtxqError(f"{path}: no such file")
+    repeated = [p for i, p in enumerate(out) if p.resolve() in {q.resolve() for q in out[:i]}]
+    if repeated:
+        raise CtxqError(f"{repeated[0]}: named twice")
+    return out
+
+
+def is_zarr(path: Path) -> bool:
+    """Whether ``path`` is a zarr store (a directory with zarr metadata)."""
+    return path.is_dir() and any((path / m).exists()
+                                 for m in (".zgroup", ".zarray", ".zattrs", "zarr.json"))
+
+
+def _consolidated(store: Path) -> bool:
+    """Whether a zarr store has consolidated metadata (asking xarray to guess warns)."""
+    import json
+
+    if (store / ".zmetadata").exists():
+        return True
+    try:
+        meta = json.loads((store / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(meta.get("consolidated_metadata"))
+
+
+def open_dataset(path: Path) -> Any:
+    """A NetCDF file or zarr store as an undecoded, lazily read xarray Dataset."""
+    import xarray as xr
+
+    zarr = is_zarr(path)
+    try:
+        return xr.open_dataset(path, engine="zarr" if zarr else None, decode_cf=False,
+                               mask_and_scale=False, decode_times=False, cache=False,
+                               **({"consolidated": _consolidated(path)} if zarr else {}))
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        kind = "zarr" if zarr else "NetCDF"
+        raise CtxqError(f"{path}: cannot be read as {kind} ({reason})") from None
+
+
+# ----------------------------------------------------------------------------- selections
+
+@dataclass(frozen=True)
+class Selection:
+    """Elements chosen along extra dimensions: by coordinate value or by index."""
+
+    by_value: tuple[tuple[str, str], ...] = ()
+    by_index: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def parse(cls, sel: Sequence[str] = (), isel: Sequence[str] = ()) -> Selection:
+        """From 'depth=0' strings (``--sel``: a value; ``--isel``: an index)."""
+        def split(text: str, flag: str) -> tuple[str, str]:
+            name, eq, value = text.partition("=")
+            if not eq or not name.strip() or not value.strip():
+                raise CtxqError(f"{flag} {text}: expected DIM=VALUE, e.g. depth=0")
+            return name.strip(), value.strip()
+
+        by_index = []
+        for text in isel:
+            name, value = split(text, "--isel")
+            try:
+                by_index.append((name, int(value)))
+            except ValueError:
+                raise CtxqError(f"--isel {text}: the index must be an integer") from None
+        by_value = tuple(split(text, "--sel") for text in sel)
+        dims = [n for n, _ in by_value] + [n for n, _ in by_index]
+        twice = [d for i, d in enumerate(dims) if d in dims[:i]]
+        if twice:
+            raise CtxqError(f"--sel/--isel: dimension '{twice[0]}' chosen twice")
+        return cls(by_value, tuple(by_index))
+
+    def __bool__(self) -> bool:
+        return bool(self.by_value or self.by_index)
+
+    def describe(self) -> str:
+        """'depth=0, member[2]' for logs and output attributes."""
+        return ", ".join([f"{d}={v}" for d, v in self.by_value] +
+                         [f"{d}[{i}]" for d, i in self.by_index])
+
+    def apply(self, ds: Any, label: Path) -> Any:
+        """The dataset with each chosen dimension cut to its one chosen element."""
+        for name, _ in self.by_value + self.by_index:
+            if name not in ds.dims:
+                raise CtxqError(f"{label}: --sel/--isel: no dimension '{name}' (dimensions: "
+                                f"{', '.join(map(str, ds.dims))})")
+        picks = {name: _index_of(ds, label, name, value) for name, value in self.by_value}
+        for name, index in self.by_index:
+            size = ds.sizes[name]
+            if not -size <= index < size:
+                raise CtxqError(f"{label}: --isel {name}={index}: dimension '{name}' has "
+                                f"{size} elements")
+            picks[name] = index % size
+        # A list keeps the dimension (of length 1), so outputs keep its coordinate.
+        return ds.isel({name: [i] for name, i in picks.items()}) if picks else ds
+
+
+def _index_of(ds: Any, label: Path, name: str, text: str) -> int:
+    """The index along ``name`` whose coordinate equals ``text`` (as a number or a string)."""
+    if name not in ds.variables:
+        raise CtxqError(f"{label}: --sel {name}={text}: dimension '{name}' has no coordinate; "
+                        f"choose by position with --isel {name}=INDEX")
+    values = np.asarray(ds.variables[name].values)
+    try:
+        hits = np.flatnonzero(np.isclose(values.astype(float), float(text), rtol=1e-6,
+                                         atol=0))
+    except ValueError:
+        hits = np.flatnonzero(values.astype(str) == text)
+    if len(hits) != 1:
+        shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
+        raise CtxqError(f"{label}: --sel {name}={text}: no such value of '{name}' "
+                        f"(values: {shown})")
+    return int(hits[0])
+
+
+# ----------------------------------------------------------------------------- dimensions
+
+def is_time(name: str, attrs: dict[str, Any] | None = None) -> bool:
+    """Whether a dimension denotes time: by its name, or its coordinate's axis, standard_name
+    or units ('days since ...')."""
+    if name.lower() in TIME_NAMES:
+        return True
+    attrs = attrs or {}
+    return (str(attrs.get("axis", "")).upper() == "T" or attrs.get("standard_name") == "time"
+            or " since " in str(attrs.get("units", "")))
+
+
+def time_axis_of(label: Path, var: str, dims: tuple[str, ...], shape: tuple[int, ...],
+                 attrs_of: dict[str, dict[str, Any]] | None = None) -> int | None:
+    """The axis of time among ``dims`` (None for one 2-D frame); the other dimensions longer
+    than one must be exactly the grid's two."""
+    attrs_of = attrs_of or {}
+    time_axes = [i for i, d in enumerate(dims) if is_time(d, attrs_of.get(d))]
+    if len(time_axes) > 1:
+        raise CtxqError(f"{label}: variable '{var}' has several time dims {dims}")
+    big = [i for i, n in enumerate(shape) if n > 1]
+    if time_axes:
+        time_axis = time_axes[0]
+    elif len(big) == 3:
+        time_axis = big[0]     # an unnamed leading dimension is time, as in (t, y, x) arrays
+    else:
+        time_axis = None
+    space = [i for i in big if i != time_axis]
+    if len(space) == 2:
+        return time_axis
+    names = ", ".join(f"{d}={n}" for d, n in zip(dims, shape))
+    if len(space) > 2:
+        extra = [dims[i] for i in space if not _is_horizontal(dims[i], attrs_of.get(dims[i]))]
+        extra = extra or [dims[i] for i in space[:-2]]
+        raise CtxqError(f"{label}: variable '{var}' has dims ({names}); choose one element of "
+                        f"'{extra[0]}' with --sel {extra[0]}=VALUE or --isel {extra[0]}=INDEX")
+    raise CtxqError(f"{label}: variable '{var}' has dims ({names}); expected (time, y, x) "
+                    "in any order, or (y, x), plus optional singleton dims")
+
+
+HORIZONTAL_NAMES = {"lat", "latitude", "y", "lon", "longitude", "x", "nav_lat", "nav_lon",
+                    "rlat", "rlon", "ni", "nj", "i", "j", "row", "col", "column"}
+
+
+def _is_horizontal(name: str, attrs: dict[str, Any] | None) -> bool:
+    """Whether a dimension is one of the grid's two, by name, axis or standard_name."""
+    attrs = attrs or {}
+    sn = str(attrs.get("standard_name", ""))
+    return (name.lower() in HORIZONTAL_NAMES or str(attrs.get("axis", "")).upper() in "XY"
+            and bool(attrs.get("axis")) or sn in ("latitude", "longitude") or
+            sn.startswith(("projection_", "grid_lat", "grid_lon")))
+
+
+def to_internal(array: np.ndarray, time_axis: int | None) -> np.ndarray:
+    """An on-disk array as (T, H, W): time first, singletons squeezed."""
+    if time_axis is None:
+        return array.reshape([n for n in array.shape if n > 1])[None]
+    moved = np.moveaxis(array, time_axis, 0)
+    return moved.reshape(moved.shape[0], *[n for n in moved.shape[1:] if n > 1])
+
+
+def to_disk(values: np.ndarray, shape: tuple[int, ...], time_axis: int | None) -> np.ndarray:
+    """Internal (T, H, W) values in the on-disk ``shape`` (with T frames): the inverse of
+    :func:`to_internal`."""
+    if time_axis is None:
+        return values[0].reshape(shape)
+    moved = list(shape)
+    moved.pop(time_axis)
+    return np.moveaxis(values.reshape(values.shape[0], *moved), 0, time_axis)
+
+
+# ----------------------------------------------------------------------------- time
+
+@dataclass
+class TimeAxis:
+    """A part's raw time values with their CF units and calendar."""
+
+    values: np.ndarray
+    units: str
+    calendar: str
+
+    def dates(self) -> np.ndarray:
+        """The values as cftime dates."""
+        import cftime
+
+        return np.atleast_1d(cftime.num2date(self.values, self.units, self.calendar))
+
+    def expressed_in(self, other: TimeAxis) -> np.ndarray:
+        """The values in ``other``'s units (raw values when the units are the same)."""
+        import cftime
+
+        if self.units == other.units:
+            return self.values
+        converted = np.asarray(cftime.date2num(self.dates(), other.units, other.calendar),
+                               dtype=np.float64)
+        if other.values.dtype.kind in "iu" and np.array_equal(converted, np.round(converted)):
+            return converted.astype(other.values.dtype)
+        return converted
+
+
+def _calendar(attrs: dict[str, Any]) -> str:
+    """A CF calendar name, 'standard' when unset ('gregorian' is its old name)."""
+    name = str(attrs.get("calendar", "standard")).lower()
+    return "standard" if name == "gregorian" else name
+
+
+# ----------------------------------------------------------------------------- parts
+
+@dataclass
+class Part:
+    """One file (or xarray object) of a record and where its frames sit in the record.
+
+    A file's ``dataset`` holds its metadata and is closed once the record is set up; each read
+    opens the file again and closes it, so that no file stays open (or locked) between reads.
+    """
+
+    label: Path
+    dataset: Any                      # undecoded xarray Dataset
+    default_fill: bool = True         # the netCDF default fill value marks missing values
+    reopen: bool = True               # a file, opened again for each read
+    selection: Selection | None = None
+    offset: int = 0
+    frames: int = 1
+    time: TimeAxis | None = None
+    attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def variable_attrs(self, name: str) -> dict[str, Any]:
+        """A variable's attributes (cached)."""
+        if name not in self.attrs:
+            self.attrs[name] = dict(self.dataset.variables[name].attrs)
+        return self.attrs[name]
+
+    def select(self, selection: Selection) -> None:
+        """Cut extra dimensions to the chosen elements, now and on every later read."""
+        self.selection = selection
+        self.dataset = selection.apply(self.dataset, self.label)
+
+    @contextlib.contextmanager
+    def opened(self) -> Iterator[Any]:
+        """The dataset, open for reading."""
+        if not self.reopen:
+            yield self.dataset
+            return
+        ds = open_dataset(self.label)
+        try:
+            yield self.selection.apply(ds, self.label) if self.selection else ds
+        finally:
+            ds.close()
+
+    def close(self) -> None:
+        """Close the metadata dataset of a file (reads open it again)."""
+        if self.reopen:
+            self.dataset.close()
+
+    def read(self, name: str, where: tuple[Any, ...], ds: Any = None) -> np.ndarray:
+        """Raw values of part of a variable (from ``ds``, an opened dataset, if given); a read
+        failure is one line."""
+        try:
+            if ds is None:
+                with self.opened() as ds:
+                    return np.asarray(ds.variables[name][where].values)
+            return np.asarray(ds.variables[name][where].values)
+        except (RuntimeError, OSError, ValueError, IndexError, KeyError) as exc:
+            raise CtxqError(f"{self.label}: variable '{name}' cannot be read ({exc})") from None
+
+    def decode(self, name: str, raw: np.ndarray) -> Any:
+        """CF-decode raw values of a variable, an undecodable one being a one-line error."""
+        try:
+            return decode(raw, self.variable_attrs(name), self.default_fill)
+        except (TypeError, ValueError, RuntimeError, OSError) as exc:
+            raise CtxqError(f"{self.label}: variable '{name}' cannot be decoded "
+                            f"({exc})") from None
+
+
+def data_variables(ds: Any, ancillary: bool = False) -> dict[str, int]:
+    """Gridded data variables and their ranks: not coordinates, bounds or the mask (nor
+    ancillary or CF flag variables such as a quality level, unless ``ancillary``)."""
+    linked: set[str] = set()
+    for var in ds.variables.values():
+        for key in ("bounds",) + (() if ancillary else ("ancillary_variables",)):
+            linked.update(str(var.attrs.get(key, "")).split())
+    out = {}
+    for name, var in ds.variables.items():
+        if name in ds.dims or name in linked or name == MASK_VARIABLE:
+            continue
+        if var.dtype.kind not in "iufb" or var.ndim < 2:
+            continue
+        if not ancillary and flags.is_flag_variable(dict(var.attrs)):
+            continue
+        out[str(name)] = var.ndim
+    return out
+
+
+def referenced(attrs: dict[str, Any]) -> set[str]:
+    """Variables a data variable names in ``coordinates`` and ``grid_mapping`` (CF 5.6's
+    short form 'crs' or long form 'crs: x y')."""
+    names = set(str(attrs.get("coordinates", "")).split())
+    return names | {t.rstrip(":") for t in str(attrs.get("grid_mapping", "")).split()}
+
+
+def part_time(part: Part, dim: str) -> TimeAxis | None:
+    """The part's decodable CF time coordinate along ``dim``, if it has one."""
+    ds = part.dataset
+    if dim not in ds.variables or ds.variables[dim].dims != (dim,):
+        return None
+    attrs = dict(ds.variables[dim].attrs)
+    units = str(attrs.get("units", ""))
+    if " since " not in units:
+        return None
+    values = part.read(dim, (...,), part.dataset)
+    axis = TimeAxis(values, units, _calendar(attrs))
+    try:
+        axis.dates()
+    except (TypeError, ValueError) as exc:
+        raise CtxqError(f"{part.label}: time coordinate '{dim}' cannot be decoded (units "
+                        f"'{units}', calendar '{axis.calendar}': {exc})") from None
+    return axis
+
+
+def order_parts(parts: list[Part], dim: str) -> list[Part]:
+    """Parts sorted by their first time, with offsets; repeated or overlapping times fail."""
+    times = [p.time for p in parts]
+    if len(parts) == 1 or all(t is None for t in times):
+        if len(parts) > 1:
+            log.info("no time coordinate: %d files are taken in the order given", len(parts))
+        ordered = parts
+    else:
+        if any(t is None for t in times):
+            bad = next(p for p in parts if p.time is None)
+            raise CtxqError(f"{bad.label}: no decodable time coordinate '{dim}', unlike "
+                            f"{next(p for p in parts if p.time is not None).label}")
+        calendars = {t.calendar for t in times if t is not None}
+        if len(calendars) > 1:
+            raise CtxqError(f"{parts[0].label}: files use different calendars "
+                            f"({', '.join(sorted(calendars))})")
+        reference = times[0]
+        assert reference is not None
+        starts = [float(np.min(t.expressed_in(reference))) for t in times if t is not None]
+        ordered = [parts[i] for i in np.argsort(starts, kind="stable")]
+        ends = None
+        for part in ordered:
+            assert part.time is not None
+            values = np.asarray(part.time.expressed_in(reference), dtype=np.float64)
+            if len(values) > 1 and np.any(np.diff(values) <= 0):
+                raise CtxqError(f"{part.label}: time coordinate '{dim}' does not increase")
+            if ends is not None and values[0] <= ends[1]:
+                what = "repeats" if values[0] in ends[2] else "overlaps"
+                raise CtxqError(f"{part.label}: its first time {_date(part.time, 0)} {what} "
+                                f"the times of {ends[0].label} (which ends "
+                                f"{_date(ends[0].time, -1)}); each time may appear once")
+            ends = (part, values[-1], set(values.tolist()))
+    offset = 0
+    for part in ordered:
+        part.offset = offset
+        offset += part.frames
+    return ordered
+
+
+def _date(axis: TimeAxis | None, i: int) -> str:
+    """One time of an axis as an ISO date, for messages."""
+    return "?" if axis is None else str(axis.dates()[i])
+
+
+# ----------------------------------------------------------------------------- the record
+
+def open_parts(inputs: Sequence[str | Path]) -> list[Part]:
+    """Every file of the inputs, opened lazily."""
+    paths = expand(inputs)
+    parts = []
+    for path in paths:
+        if not is_zarr(path):
+            _check_netcdf(path)
+        parts.append(Part(path, open_dataset(path), default_fill=not is_zarr(path)))
+    return parts
+
+
+def _check_netcdf(path: Path) -> None:
+    """A readable NetCDF file, or one line saying what it is instead."""
+    import os
+
+    if not path.is_file():
+        raise CtxqError(f"{path}: not a regular file")
+    if not os.access(path, os.R_OK):
+        raise CtxqError(f"{path}: permission denied")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise CtxqError(f"{path}: an NPZ file cannot be combined with other files")
+    if head[:3] != b"CDF" and head[:8] != b"\x89HDF\r\n\x1a\n":
+        raise CtxqError(f"{path}: not a NetCDF or NPZ file")
+
+
+def without_packing(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Attributes to copy to outputs: the input's packing does not apply to them."""
+    return {k: v for k, v in attrs.items() if k not in PACKING_ATTRS}

@@ -1,0 +1,159 @@
+"""Records: many files, globs, directories, zarr stores, any order of dims, --sel/--isel."""
+
+import netCDF4
+import numpy as np
+import pytest
+
+from ctxq_cli import io, record
+from ctxq_cli.errors import CtxqError
+
+from conftest import smooth_field, write_nc
+
+
+def daily_file(path, values, first_day, units="days since 2000-01-01", observed=None,
+               time_last=False, step=1.0):
+    """One file of ``len(values)`` daily frames starting at ``first_day`` of ``units``."""
+    if time_last:
+        write_nc(path, np.moveaxis(values, 0, -1), observed=None if observed is None else
+                 np.moveaxis(observed, 0, -1), dims=("lat", "lon", "time"))
+    else:
+        write_nc(path, values, observed=observed)
+    with netCDF4.Dataset(path, "a") as ds:
+        ds["time"].units = units
+        ds["time"][:] = first_day + step * np.arange(len(values), dtype=float)
+    return path
+
+
+def test_files_of_a_glob_are_joined_in_time_order_whatever_their_names(tmp_path):
+    values = smooth_field(9, 6, 7)
+    # Named so that sorting by name gives the wrong order; one file uses other units.
+    daily_file(tmp_path / "c.nc", values[:3], 0)
+    daily_file(tmp_path / "a.nc", values[3:6], 72, units="hours since 2000-01-01", step=24)
+    daily_file(tmp_path / "b.nc", values[6:], 6)
+    fld = io.read_field(str(tmp_path / "*.nc"))
+    assert fld.values[:, 0].tobytes() == values.tobytes()
+    assert [p.name for p, _ in fld.parts] == ["c.nc", "a.nc", "b.nc"]
+    times, unit = fld.times()
+    np.testing.assert_array_equal(times, np.arange(9.0))
+    assert io.read_field(tmp_path).values.tobytes() == fld.values.tobytes()     # a directory
+    listed = io.read_field([tmp_path / "b.nc", tmp_path / "c.nc", tmp_path / "a.nc"])
+    assert listed.values.tobytes() == fld.values.tobytes()
+
+
+def test_repeated_and_overlapping_times_are_one_line_errors(tmp_path):
+    values = smooth_field(6, 5, 5)
+    daily_file(tmp_path / "a.nc", values[:3], 0)
+    daily_file(tmp_path / "b.nc", values[3:], 2)
+    with pytest.raises(CtxqError, match="b.nc: its first time 2000-01-03 00:00:00 repeats the "
+                                        "times of .*a.nc"):
+        io.open_field([tmp_path / "a.nc", tmp_path / "b.nc"])
+    daily_file(tmp_path / "b.nc", values[3:], 1.5)
+    with pytest.raises(CtxqError, match="overlaps"):
+        io.open_field([tmp_path / "a.nc", tmp_path / "b.nc"])
+    with pytest.raises(CtxqError, match="a.nc: named twice"):
+        io.open_field([tmp_path / "a.nc", tmp_path / "a.nc"])
+    with pytest.raises(CtxqError, match=r"nothing\*.nc: no file matches"):
+        io.open_field(str(tmp_path / "nothing*.nc"))
+
+
+def test_files_on_another_grid_are_refused(tmp_path):
+    values = smooth_field(6, 5, 5)
+    daily_file(tmp_path / "a.nc", values[:3], 0)
+    daily_file(tmp_path / "b.nc", values[3:], 3)
+    with netCDF4.Dataset(tmp_path / "b.nc", "a") as ds:
+        ds["lat"][:] = ds["lat"][:] + 20
+    with pytest.raises(CtxqError, match="b.nc: coordinate 'lat' differs from .*a.nc"):
+        io.open_field(str(tmp_path / "*.nc"))
+    daily_file(tmp_path / "b.nc", smooth_field(3, 5, 6), 3)
+    with pytest.raises(CtxqError, match="b.nc: variable 'sst' has shape"):
+        io.open_field(str(tmp_path / "*.nc"))
+
+
+def test_time_last_reads_like_time_first_and_writes_back_in_its_own_order(tmp_path):
+    values = smooth_field(5, 6, 7)
+    observed = np.random.default_rng(0).random(values.shape) < 0.7
+    first = io.read_field(daily_file(tmp_path / "first.nc", values, 0, observed=observed))
+    last = io.read_field(daily_file(tmp_path / "last.nc", values, 0, observed=observed,
+                                    time_last=True))
+    assert last.dims == ("lat", "lon", "time") and last.time_axis == 2
+    assert last.values.tobytes() == first.values.tobytes()
+    np.testing.assert_array_equal(last.observed, first.observed)
+    out = tmp_path / "out.nc"
+    io.write_output(out, last, [io.OutputVariable("sst", np.where(observed, values, np.nan),
+                                                  {})], {}, "h")
+    with netCDF4.Dataset(out) as ds:
+        assert ds["sst"].dimensions == ("lat", "lon", "time")
+        back = np.moveaxis(ds["sst"][:].filled(np.nan), -1, 0)
+    assert np.array_equal(back, np.where(observed, values, np.nan), equal_nan=True)
+
+
+def test_layout_round_trip_for_every_order_of_three_dims():
+    rng = np.random.default_rng(1)
+    for axis in range(3):
+        internal = rng.random((4, 5, 6)).astype(np.float32)
+        disk_shape = list((5, 6))
+        disk_shape.insert(axis, 4)
+        disk = record.to_disk(internal, (1, *disk_shape), axis + 1)   # with a singleton dim
+        assert record.to_internal(disk, axis + 1).tobytes() == internal.tobytes()
+
+
+def write_levels(path, values):
+    """(time, depth, lat, lon) temperatures at depths 0, 10 and 50 m."""
+    with netCDF4.Dataset(path, "w") as ds:
+        for d, n in zip(("time", "depth", "lat", "lon"), values.shape):
+            ds.createDimension(d, n)
+        ds.createVariable("depth", "f4", ("depth",))[:] = [0.0, 10.0, 50.0]
+        ds.createVariable("time", "f8", ("time",))[:] = np.arange(values.shape[0])
+        ds["time"].units = "days since 2000-01-01"
+        var = ds.createVariable("thetao", "f4", ("time", "depth", "lat", "lon"))
+        var[:] = values
+        var.units = "degC"
+    return path
+
+
+def test_an_extra_dimension_is_chosen_by_value_or_by_index(tmp_path):
+    values = np.random.default_rng(2).random((4, 3, 5, 6)).astype(np.float32)
+    path = write_levels(tmp_path / "levels.nc", values)
+    with pytest.raises(CtxqError, match="choose one element of 'depth' with --sel depth="):
+        io.open_field(path)
+    by_value = io.read_field(path, selection=record.Selection.parse(sel=["depth=10"]))
+    by_index = io.read_field(path, selection=record.Selection.parse(isel=["depth=1"]))
+    assert by_value.values[:, 0].tobytes() == values[:, 1].tobytes()
+    assert by_index.values.tobytes() == by_value.values.tobytes()
+    assert by_value.shape == (4, 1, 5, 6)                # the level stays, as one element
+    assert next(c for c in by_value.coords if c.name == "depth").values.tolist() == [10.0]
+    for sel, isel, pattern in [(["depth=5"], [], r"no such value of 'depth' \(values: 0.0, "
+                                                 "10.0, 50.0"),
+                               ([], ["depth=3"], "dimension 'depth' has 3 elements"),
+                               (["level=0"], [], "no dimension 'level'"),
+                               ([], ["depth=top"], "must be an integer"),
+                               (["depth"], [], "expected DIM=VALUE")]:
+        with pytest.raises(CtxqError, match=pattern):
+            io.open_field(path, selection=record.Selection.parse(sel, isel))
+
+
+def test_a_zarr_store_reads_like_the_netcdf_file_it_was_made_from(tmp_path):
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("zarr")
+    values = smooth_field(5, 6, 7)
+    observed = np.random.default_rng(3).random(values.shape) < 0.6
+    nc = daily_file(tmp_path / "obs.nc", values, 0, observed=observed)
+    with xr.open_dataset(nc) as ds:
+        ds.to_zarr(tmp_path / "obs.zarr", consolidated=False)
+    from_nc, from_zarr = io.read_field(nc), io.read_field(tmp_path / "obs.zarr")
+    np.testing.assert_array_equal(from_zarr.observed, from_nc.observed)
+    assert from_zarr.values.tobytes() == from_nc.values.tobytes()
+    np.testing.assert_array_equal(from_zarr.times()[0], from_nc.times()[0])
+
+
+def test_reading_a_range_opens_only_the_files_it_needs(tmp_path, monkeypatch):
+    values = smooth_field(12, 4, 5)
+    for i in range(4):
+        daily_file(tmp_path / f"d{i}.nc", values[3 * i:3 * i + 3], 3 * i)
+    source = io.open_field(str(tmp_path / "d*.nc"))
+    opened = []
+    real = record.open_dataset
+    monkeypatch.setattr(record, "open_dataset", lambda p: opened.append(p.name) or real(p))
+    vals, _ = source.read(4, 8)
+    assert opened == ["d1.nc", "d2.nc"]
+    assert vals[:, 0].tobytes() == values[4:8].tobytes()
