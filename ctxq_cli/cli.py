@@ -35,8 +35,15 @@ app = typer.Typer(
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 3
 
-DataArg = Annotated[Path, typer.Argument(help="Field to read: NetCDF (.nc) or NPZ (.npz).",
-                                         show_default=False)]
+DataArg = Annotated[list[Path], typer.Argument(
+    help="Field to read: NetCDF, zarr or NPZ. Several files, a quoted glob ('sst/*.nc') or a "
+         "directory make one record, joined along time in the order of their times.",
+    show_default=False)]
+SelOpt = Annotated[list[str] | None, typer.Option(
+    "--sel", help="Keep one element of an extra dimension, by coordinate value: depth=0 "
+    "(repeat for several dimensions).")]
+IselOpt = Annotated[list[str] | None, typer.Option(
+    "--isel", help="Keep one element of an extra dimension, by index: depth=0.")]
 MaskOpt = Annotated[Path | None, typer.Option(
     "--mask", help="Observation mask file (variable 'mask', 1 = observed), time-varying or 2-D.")]
 VarOpt = Annotated[list[str] | None, typer.Option(
@@ -201,15 +208,16 @@ def _meanings(text: str | None) -> list[str] | None:
     return None if text is None else [m.strip() for m in text.split(",") if m.strip()]
 
 
-def _load_inputs(data: Path, mask: Path | None, var: list[str] | None,
-                 domain: Path | None, quality=None, domain_flags: str | None = None):
+def _load_inputs(data: list[Path], mask: Path | None, var: list[str] | None,
+                 domain: Path | None, quality=None, domain_flags: str | None = None,
+                 selection=None):
     """Read a field, its mask and its domain; log what was found."""
     from ctxq_cli import io
 
-    fld = io.read_field(data, var, mask, quality=quality)
-    log.info("%s: %s", data, fld.describe())
+    fld = io.read_field(data, var, mask, quality=quality, selection=selection)
+    log.info("%s: %s", fld.path, fld.describe())
     if not fld.observed.any():
-        raise CtxqError(f"{data}: variable '{fld.names[0]}' has no observed value at all; "
+        raise CtxqError(f"{fld.path}: variable '{fld.names[0]}' has no observed value at all; "
                         "nothing to learn from")
     dom = (io.read_domain(domain, fld.grid, _meanings(domain_flags)) if domain
            else io.observed_domain(fld.observed))
@@ -229,6 +237,8 @@ def train_denoiser(
     domain_flags: DomainFlagsOpt = None,
     quality_var: QualityVarOpt = None,
     min_quality: MinQualityOpt = None,
+    sel: SelOpt = None,
+    isel: IselOpt = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write.")] = Path(
         "denoiser.safetensors"),
     window: Annotated[int, typer.Option(help="Consecutive frames per sample.", min=1)] = 3,
@@ -297,10 +307,8 @@ def train_denoiser(
     Started by torchrun, the processes train one model together (see the README).
     """
     with reporting(quiet) as progress:
-        from ctxq_cli import provenance
-        from ctxq_cli.io import describe_times
+        from ctxq_cli.api import train_field
         from ctxq_cli.train import TEMPORAL, TrainOptions
-        from ctxq_cli.train import train_denoiser as train
 
         if temporal not in TEMPORAL:
             raise CtxqError(f"--temporal must be one of {', '.join(TEMPORAL)}, not "
@@ -316,7 +324,8 @@ def train_denoiser(
         if attention_heads and widths[-1] % attention_heads:
             raise CtxqError(f"--attention-heads {attention_heads} must divide the last "
                             f"--channels width {widths[-1]}")
-        with _training(output, log_file, resume, overwrite, [data, mask, domain, mask_prior],
+        with _training(output, log_file, resume, overwrite,
+                       [*_files(data), mask, domain, mask_prior],
                        device, progress) as (control, log_io, dev, progress):
             prior = None
             if mask_prior is not None:
@@ -324,11 +333,11 @@ def train_denoiser(
 
                 prior = MaskPriorModel.load(mask_prior)
             fld, dom = _load_inputs(data, mask, var, domain,
-                                    _quality(quality_var, min_quality), domain_flags)
+                                    _quality(quality_var, min_quality), domain_flags,
+                                    _selection(sel, isel))
             if fld.frames < window:
-                raise CtxqError(f"{data}: {fld.frames} frames, fewer than --window {window}")
-            times, unit = fld.times()
-            log.info("%s: %s", data, describe_times(times, unit))
+                raise CtxqError(f"{fld.path}: {fld.frames} frames, fewer than --window "
+                                f"{window}")
             options = TrainOptions(window=window, temporal=temporal, partition=partition,
                                    context_ratio=context_ratio, block_size=block_size,
                                    channels=widths, stem_patch=stem_patch,
@@ -340,13 +349,9 @@ def train_denoiser(
                                    seed=seed, checkpoint_every=checkpoint_every,
                                    normalization=normalization, precision=precision,
                                    compile=compile_network)
-            model = train(fld.values, fld.observed, dom, fld.names, options, dev, log_io,
-                          progress, control, prior, times=times, time_unit=unit)
+            model = train_field(fld, dom, options, dev, log_io, progress, control, prior)
             if control.group.main:
                 model.training["command"] = _command_line()
-                model.training["data"] = str(data)
-                model.data = provenance.describe(fld.names, fld.var_attrs, fld.coords,
-                                                 fld.grid_dims, fld.values, fld.observed)
                 model.save(output)
                 _finish_run(control, output)
 
@@ -441,6 +446,11 @@ def impute(
     output: Annotated[Path | None, typer.Option(
         "--output", "-o",
         help="Output file (default: the input's name with _imputed, as .nc or .npz).")] = None,
+    output_dir: Annotated[Path | None, typer.Option(
+        "--output-dir", help="Write one output per input file into this directory, named like "
+        "it with _imputed (daily files in, daily files out).")] = None,
+    sel: SelOpt = None,
+    isel: IselOpt = None,
     members: Annotated[bool, typer.Option(help="Also write every ensemble member.")] = False,
     batch_size: Annotated[int, typer.Option(help="Denoiser passes per batch.", min=1)] = 64,
     guided: Annotated[bool, typer.Option(
@@ -480,138 +490,101 @@ def impute(
     """
     with reporting(quiet) as progress:
         from ctxq_cli import io
-        from ctxq_cli.impute import calibrate_spread, impute_chunks
+        from ctxq_cli.fill import ImputeOptions, fill_record
         from ctxq_cli.model import DenoiserModel
-        from ctxq_cli.spread import Spread
-        from ctxq_cli.tiles import Tiling
 
-        fmt = io.file_format(data)
-        out = output or Path(data.stem + "_imputed" + (".npz" if fmt == "npz" else ".nc"))
-        io.check_output(out, overwrite, [data, mask, domain, checkpoint])
+        options = _options(ImputeOptions, ensemble=ensemble, steps=steps, seed=seed,
+                           members=members, batch_size=batch_size, guided=guided,
+                           guidance_rho=guidance_rho, guidance_weight=guidance_weight,
+                           calibrate=calibrate, tile=tile, tile_overlap=tile_overlap,
+                           wrap_lon=wrap_lon, chunk=chunk, allow_other_grid=allow_other_grid)
+        if output is not None and output_dir is not None:
+            raise CtxqError("--output and --output-dir exclude each other")
         dev = _device(device)
         model = DenoiserModel.load(checkpoint, dev)
         source = io.open_field(data, var, mask, default=model.variables,
-                               quality=_quality(quality_var, min_quality))
+                               quality=_quality(quality_var, min_quality),
+                               selection=_selection(sel, isel))
         fld = source.template
-        log.info("%s: %s, %d frames of %d×%d", data, ", ".join(fld.names), source.frames,
+        inputs = [p.path for p in fld.parts] or [fld.path]
+        others = [mask, domain, checkpoint, *inputs]
+        if output_dir is not None:
+            outputs = _per_file_outputs(output_dir, inputs, overwrite, others)
+        else:
+            if output is None and len(inputs) > 1:
+                raise CtxqError(f"{len(inputs)} input files: name the output with --output "
+                                "FILE, or write one per input with --output-dir DIR")
+            outputs = [io.check_output(output or _default_output(inputs[0]), overwrite,
+                                       others)]
+        log.info("%s: %s, %d frames of %d×%d", fld.path, ", ".join(fld.names), source.frames,
                  *fld.grid)
-        _check_variables(fld, model, data, checkpoint,
-                         source.read(0, min(source.frames, CHECK_FRAMES)), allow_other_grid)
-        times = _model_times(fld, model, data)
-        dom = _imputation_domain(fld, model, domain, domain_flags)
-        tiling = Tiling(size=tile or (None if max(fld.grid) <= AUTO_TILE_ABOVE else AUTO_TILE),
-                        overlap=tile_overlap, wrap_lon=wrap_lon)
-        frames_per_chunk = chunk or _auto_chunk(ensemble, len(fld.names), fld.grid,
-                                                model.window, members)
-        log.info("%s, %d frames per chunk", f"tiles of {tiling.size} cells overlapping by "
-                 f"{tiling.overlap}" if tiling.size else "one tile", frames_per_chunk)
-        options = {"device": dev, "batch": batch_size, "guided": guided, "rho": guidance_rho,
-                   "guidance_weight": guidance_weight, "tiling": tiling, "times": times}
-        scale = Spread()
-        if calibrate and steps == 1:
-            scale = calibrate_spread(model, source.read, source.frames, dom, ensemble, seed,
-                                     chunk=frames_per_chunk, **options)
-        specs = _output_variables(fld, ensemble if members else None)
-        ever = np.zeros(fld.grid, bool)
-        empty: list[int] = []
-        with io.open_output(out, fld, specs, io.history_line(_command_line(),
-                                                             __version__)) as writer:
-            for a, result in impute_chunks(model, source.read, source.frames, dom, ensemble,
-                                           steps, seed, members, progress=progress,
-                                           spread=scale, chunk=frames_per_chunk,
-                                           **options):
-                writer.write(a, _output_arrays(fld.names, result))
-                ever |= result.observed.any(axis=(0, 1))
-                empty += [a + f for f in result.empty_frames]
-            run_attrs = {"ctxq_version": __version__, "ctxq_checkpoint": str(checkpoint),
-                          "ctxq_ensemble": ensemble, "ctxq_steps": steps, "ctxq_seed": seed,
-                          "ctxq_partition": model.partition.name, "ctxq_window": model.window,
-                          "ctxq_spread_scale": scale.ensemble,
-                          "ctxq_spread_first_guess": scale.first_guess,
-                          "ctxq_spread_noise": scale.noise_name(),
-                          "ctxq_frames_without_observations": len(empty)}
-            if empty:  # 0-based indices along time, e.g. for masking in analysis
-                run_attrs["ctxq_empty_frame_indices"] = np.asarray(empty, dtype=np.int32)
-            if source.quality is not None:
-                run_attrs["ctxq_quality"] = (f"{source.quality.variable} >= "
-                                             f"{source.quality.minimum:g}")
-                log.info("%s: %s", data, source.describe_quality())
-            writer.attributes(run_attrs)
-        log.info("domain: %d cells, %d never observed in this file and filled from the model",
-                 int(dom.sum()), int((dom & ~ever).sum()))
-        log.info("wrote %s", out)
+        dom = io.read_domain(domain, fld.grid, _meanings(domain_flags)) if domain else None
+        history = io.history_line(_command_line(), __version__)
+        if output_dir is not None:
+            def open_output(template, variables):
+                return io.open_outputs(outputs, template, variables, history)
+        else:
+            def open_output(template, variables):
+                return io.open_output(outputs[0], template, variables, history)
+        fill_record(model, source, open_output, options, dev, dom, progress,
+                    str(checkpoint))
+        log.info("wrote %s", outputs[0] if len(outputs) == 1 else
+                 f"{len(outputs)} files to {output_dir}")
 
 
-AUTO_TILE_ABOVE = 512     # grids up to this many cells a side go through the network whole
-AUTO_TILE = 256
-CHUNK_BYTES = 1 << 30     # rough budget for a chunk's ensemble arrays
-CHECK_FRAMES = 64         # frames whose values are compared with the training data's
+def _options(kind, **fields):
+    """An options object; an invalid field is a one-line error naming its flag."""
+    try:
+        return kind(**fields)
+    except ValueError as exc:
+        text = str(exc)
+        for name in fields:
+            text = text.replace(f"{kind.__name__}.{name}", "--" + name.replace("_", "-"))
+        raise CtxqError(text) from None
 
 
-def _auto_chunk(ensemble: int, channels: int, grid: tuple[int, int], window: int,
-                members: bool) -> int:
-    """Frames per chunk that keep the ensemble's arrays of a chunk near CHUNK_BYTES."""
-    per_frame = ensemble * channels * grid[0] * grid[1] * 4 * (4 if members else 3)
-    return max(4 * window, CHUNK_BYTES // per_frame)
+def _files(data: list[Path]) -> list[Path]:
+    """The files the inputs name (globs and directories expanded)."""
+    from ctxq_cli.record import expand
+
+    return expand(data)
 
 
-def _output_variables(fld, members: int | None) -> list:
-    """Mean, spread, flag (and members) per variable, mirroring the input's attributes.
+def _selection(sel: list[str] | None, isel: list[str] | None):
+    """--sel and --isel as a Selection."""
+    from ctxq_cli.record import Selection
 
-    Every variable has a ``_FillValue`` (NetCDF's default for floats, which no observation
-    takes, so that observed values are never turned into fill) and the input's
-    ``coordinates`` and ``grid_mapping``, so that CF tools place each on the grid.
-    """
+    return Selection.parse(sel or (), isel or ())
+
+
+def _default_output(data: Path) -> Path:
+    """The input's name with _imputed: .npz for NPZ input, else .nc (beside the command)."""
+    npz = data.is_file() and data.suffix.lower() == ".npz"
+    return Path(data.stem + "_imputed" + (".npz" if npz else ".nc"))
+
+
+def _per_file_outputs(directory: Path, inputs: list[Path], overwrite: bool,
+                      others: list) -> list[Path]:
+    """One output per input file in ``directory``, checked before any work."""
     from ctxq_cli import io
-    from ctxq_cli.cf import DEFAULT_FILL, Encoding
 
-    kind = "f8" if fld.values.dtype == np.float64 else "f4"
-    floats = Encoding("float64" if kind == "f8" else "float32", DEFAULT_FILL[kind])
-    variables = []
-    for c, name in enumerate(fld.names):
-        attrs = dict(fld.var_attrs[c])
-        label = attrs.get("long_name", name)
-        place = {k: attrs[k] for k in ("coordinates", "grid_mapping") if k in attrs}
-        attrs["ancillary_variables"] = f"{name}_std {name}_flag" + (
-            f" {name}_members" if members else "")
-        variables.append(io.OutputVariable(name, None, attrs, encoding=floats))
-        std_attrs = {k: attrs[k] for k in ("units",) if k in attrs}
-        if "standard_name" in attrs:
-            std_attrs["standard_name"] = f"{attrs['standard_name']} standard_error"
-        std_attrs["long_name"] = f"ensemble spread (standard deviation) of {label}"
-        variables.append(io.OutputVariable(f"{name}_std", None, {**std_attrs, **place},
-                                           encoding=floats))
-        variables.append(io.OutputVariable(
-            f"{name}_flag", None, {"long_name": f"origin of {label}",
-                                   "flag_values": np.array([0, 1], np.int8),
-                                   "flag_meanings": "observed filled_by_ctxq", **place},
-            encoding=Encoding("int8", -127)))
-        if members:
-            variables.append(io.OutputVariable(
-                f"{name}_members", np.empty((members, 0)),
-                {**{k: attrs[k] for k in ("units", "standard_name") if k in attrs},
-                 "long_name": f"ensemble members of {label}", **place}, member_dim=True,
-                encoding=floats))
-    return variables
-
-
-def _output_arrays(names: list[str], result) -> dict[str, np.ndarray]:
-    """One chunk's arrays for the variables of :func:`_output_variables`."""
-    arrays = {}
-    for c, name in enumerate(names):
-        arrays[name] = result.mean[:, c]
-        arrays[f"{name}_std"] = result.std[:, c]
-        arrays[f"{name}_flag"] = np.where(result.observed[:, c], 0.0,
-                                          np.where(np.isfinite(result.mean[:, c]), 1.0, np.nan))
-        if result.members is not None:
-            arrays[f"{name}_members"] = result.members[:, :, c]
-    return arrays
+    if not directory.is_dir():
+        raise CtxqError(f"{directory}: --output-dir must be an existing directory")
+    outputs = [directory / f"{p.stem}_imputed.nc" for p in inputs]
+    seen: dict[Path, Path] = {}
+    for out, inp in zip(outputs, inputs):
+        if out in seen:
+            raise CtxqError(f"{inp}: its output {out} would also be {seen[out]}'s (same name)")
+        seen[out] = inp
+        io.check_output(out, overwrite, others)
+    return outputs
 
 
 @app.command()
 def evaluate(
-    data: Annotated[Path, typer.Argument(
-        help="Imputed field (output of 'ctxq impute'), or observations with --checkpoint.",
+    data: Annotated[list[Path], typer.Argument(
+        help="Imputed field (output of 'ctxq impute'), or observations with --checkpoint; "
+             "several files, a glob or a directory make one record.",
         show_default=False)],
     truth: Annotated[Path | None, typer.Option(help="Complete reference field.")] = None,
     mask: MaskOpt = None,
@@ -620,6 +593,8 @@ def evaluate(
     domain_flags: DomainFlagsOpt = None,
     quality_var: QualityVarOpt = None,
     min_quality: MinQualityOpt = None,
+    sel: SelOpt = None,
+    isel: IselOpt = None,
     checkpoint: Annotated[Path | None, typer.Option(
         help="Denoiser: impute DATA here (hiding --withhold of it when there is no truth).")
     ] = None,
@@ -659,12 +634,13 @@ def evaluate(
         names = evaluation.parse_baselines(baseline)
         for path in (json_file, plot):
             if path is not None:
-                io.check_output(path, True, [data, truth, mask, domain, checkpoint])
+                io.check_output(path, True, [*_files(data), truth, mask, domain, checkpoint])
         if checkpoint is not None:
             case = _cross_validation(data, truth, mask, var, domain, checkpoint, withhold,
                                      withhold_pattern, ensemble, steps, batch_size, seed,
                                      device, progress, calibrate,
-                                     _quality(quality_var, min_quality), domain_flags)
+                                     _quality(quality_var, min_quality), domain_flags,
+                                     _selection(sel, isel))
         else:
             if truth is None:
                 raise CtxqError("give --truth TRUTH to score an imputed file, or --checkpoint "
@@ -674,7 +650,7 @@ def evaluate(
             if quality_var or min_quality is not None or domain_flags:
                 raise CtxqError("--quality-var, --min-quality and --domain-flags select "
                                 "observations to impute: they need --checkpoint")
-            case = _imputed_file(data, truth, mask, var)
+            case = _imputed_file(data, truth, mask, var, _selection(sel, isel))
         for name in names:
             case.estimates.append(evaluation.run_baseline(
                 name, case.observed_values, case.observed, case.domain, seed, case.times))
@@ -693,16 +669,20 @@ def evaluate(
             log.info("wrote %s", plot)
 
 
-def _imputed_file(data: Path, truth: Path, mask: Path | None, var: list[str] | None):
+def _imputed_file(data: list[Path], truth: Path, mask: Path | None, var: list[str] | None,
+                  selection=None):
     """An imputed file scored against the truth on its filled (or --mask's missing) cells."""
     from ctxq_cli import evaluation, io
 
-    written = io.imputed_variables(data)
-    est = io.read_field(data, var or written or None)
+    written = io.imputed_variables(_files(data)[0])
+    est = io.read_field(data, var or written or None, selection=selection)
     by_ctxq = all(n in written for n in est.names)
-    flags = io.read_field(data, [f"{n}_flag" for n in est.names]) if by_ctxq else None
-    std = io.read_field(data, [f"{n}_std" for n in est.names]).values if by_ctxq else None
-    ref = io.read_field(truth, est.names)
+    flags = (io.read_field(data, [f"{n}_flag" for n in est.names], selection=selection)
+             if by_ctxq else None)
+    std = (io.read_field(data, [f"{n}_std" for n in est.names], selection=selection).values
+           if by_ctxq else None)
+    ref = io.read_field(truth, est.names, selection=selection)
+    data = est.path
     if ref.values.shape != est.values.shape:
         raise CtxqError(f"{truth}: shape {ref.values.shape} does not match {data} "
                         f"{est.values.shape}")
@@ -728,15 +708,16 @@ def _imputed_file(data: Path, truth: Path, mask: Path | None, var: list[str] | N
         estimates=[evaluation.Estimate("ctxq", est.values, std=std)], times=est.times()[0])
 
 
-def _cross_validation(data: Path, truth: Path | None, mask: Path | None, var: list[str] | None,
-                      domain: Path | None, checkpoint: Path, withhold: float | None,
-                      pattern: str, ensemble: int, steps: int, batch_size: int, seed: int,
-                      device: str, progress: bool, calibrate: bool, quality=None,
-                      domain_flags: str | None = None):
+def _cross_validation(data: list[Path], truth: Path | None, mask: Path | None,
+                      var: list[str] | None, domain: Path | None, checkpoint: Path,
+                      withhold: float | None, pattern: str, ensemble: int, steps: int,
+                      batch_size: int, seed: int, device: str, progress: bool, calibrate: bool,
+                      quality=None, domain_flags: str | None = None, selection=None):
     """Impute the observations with some hidden (or score on the gaps against the truth)."""
     import time
 
     from ctxq_cli import evaluation, io
+    from ctxq_cli.fill import check_record, imputation_domain, model_times
     from ctxq_cli.impute import calibrate_spread, impute_field
     from ctxq_cli.model import DenoiserModel
     from ctxq_cli.spread import Spread
@@ -744,10 +725,13 @@ def _cross_validation(data: Path, truth: Path | None, mask: Path | None, var: li
 
     dev = _device(device)
     model = DenoiserModel.load(checkpoint, dev)
-    fld = io.read_field(data, var, mask, default=model.variables, quality=quality)
+    fld = io.read_field(data, var, mask, default=model.variables, quality=quality,
+                        selection=selection)
+    data = fld.path
     log.info("%s: %s", data, fld.describe())
-    _check_variables(fld, model, data, checkpoint, (fld.values, fld.observed))
-    dom = _imputation_domain(fld, model, domain, domain_flags)
+    check_record(fld, model, fld.path, (fld.values, fld.observed), checkpoint=str(checkpoint))
+    dom = imputation_domain(fld, model, io.read_domain(domain, fld.grid, _meanings(domain_flags))
+                            if domain else None)
     fraction = withhold if withhold is not None else (0.0 if truth else 0.1)
     hidden = np.zeros_like(fld.observed)
     if fraction > 0:
@@ -757,7 +741,7 @@ def _cross_validation(data: Path, truth: Path | None, mask: Path | None, var: li
     kept = fld.observed & ~hidden
     inside = dom[None, None]
     if truth is not None:
-        ref = io.read_field(truth, fld.names)
+        ref = io.read_field(truth, fld.names, selection=selection)
         if ref.values.shape != fld.values.shape:
             raise CtxqError(f"{truth}: shape {ref.values.shape} does not match {data} "
                             f"{fld.values.shape}")
@@ -769,7 +753,7 @@ def _cross_validation(data: Path, truth: Path | None, mask: Path | None, var: li
         what = (f"cross-validation: {100 * hidden.sum() / max(fld.observed.sum(), 1):.1f} % of "
                 f"the observations hidden ({pattern} pattern, seed {seed}) and scored")
     values = np.where(kept, fld.values, 0)      # hidden values never reach any method
-    times = _model_times(fld, model, data)
+    times = model_times(fld, model)
     start = time.perf_counter()
     scale = (calibrate_spread(model, lambda a, b: (values[a:b], kept[a:b]), len(values), dom,
                               ensemble, seed, device=dev, batch=batch_size, times=times)
@@ -785,51 +769,6 @@ def _cross_validation(data: Path, truth: Path | None, mask: Path | None, var: li
         times=fld.times()[0])
 
 
-def _model_times(fld, model, data: Path) -> np.ndarray | None:
-    """The file's times in the unit the model's temporal smoother measures time in."""
-    from ctxq_cli.io import describe_times
-
-    if model.smoother is None:
-        return None
-    times, unit = fld.times()
-    wanted, step = model.smoother.time_unit, model.smoother.step
-    if wanted == "frames":
-        times, unit = None, "frames"   # trained without a time coordinate: frames apart
-    elif times is None:
-        log.warning("%s: no time coordinate; its frames are taken %g %s apart, the training "
-                    "record's step", data, step, wanted)
-        return step * np.arange(fld.frames, dtype=np.float64)
-    log.info("%s: %s", data, describe_times(times, unit))
-    return times
-
-
-def _check_variables(fld, model, data: Path, checkpoint: Path,
-                     sample: tuple[np.ndarray, np.ndarray], other_grid: bool = False) -> None:
-    """The file must hold the checkpoint's variables, in its units, on its grid, at its scale
-    (judged on ``sample``, values and observed cells of some of its frames)."""
-    from ctxq_cli import provenance
-
-    if fld.names != model.variables:
-        raise CtxqError(f"{data}: variables {fld.names} do not match the checkpoint's "
-                        f"{model.variables} ({checkpoint})")
-    if model.data is not None:
-        provenance.check(model.data, provenance.describe(
-            fld.names, fld.var_attrs, fld.coords, fld.grid_dims, *sample), data, other_grid)
-
-
-def _imputation_domain(fld, model, domain: Path | None, domain_flags: str | None = None
-                       ) -> np.ndarray:
-    """--domain, or the checkpoint's when the grids agree."""
-    from ctxq_cli import io
-
-    if domain is not None:
-        return io.read_domain(domain, fld.grid, _meanings(domain_flags))
-    if fld.grid == model.grid:
-        return model.domain
-    raise CtxqError(f"{fld.path}: grid {fld.grid} differs from the checkpoint's {model.grid}; "
-                    "give --domain for this grid")
-
-
 @app.command("train-mask-prior")
 def train_mask_prior(
     data: DataArg,
@@ -839,6 +778,8 @@ def train_mask_prior(
     domain_flags: DomainFlagsOpt = None,
     quality_var: QualityVarOpt = None,
     min_quality: MinQualityOpt = None,
+    sel: SelOpt = None,
+    isel: IselOpt = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write.")] = Path(
         "mask_prior.safetensors"),
     window: Annotated[int, typer.Option(
@@ -871,12 +812,15 @@ def train_mask_prior(
         from ctxq_cli.train import train_mask_prior as train
 
         widths = _parse_channels(channels)
-        with _training(output, log_file, resume, overwrite, [data, mask, domain], device,
+        with _training(output, log_file, resume, overwrite, [*_files(data), mask, domain],
+                       device,
                        progress) as (control, log_io, dev, progress):
             fld, dom = _load_inputs(data, mask, var, domain,
-                                    _quality(quality_var, min_quality), domain_flags)
+                                    _quality(quality_var, min_quality), domain_flags,
+                                    _selection(sel, isel))
             if fld.frames < window:
-                raise CtxqError(f"{data}: {fld.frames} frames, fewer than --window {window}")
+                raise CtxqError(f"{fld.path}: {fld.frames} frames, fewer than --window "
+                                f"{window}")
             options = MaskPriorOptions(window=window, channels=widths, stem_patch=stem_patch,
                                        steps=steps, max_minutes=max_minutes,
                                        batch_size=batch_size, lr=lr, patch=patch,
@@ -886,7 +830,7 @@ def train_mask_prior(
             model = train(fld.observed, dom, options, dev, log_io, progress, control)
             if control.group.main:
                 model.training["command"] = _command_line()
-                model.training["data"] = str(data)
+                model.training["data"] = str(fld.path)
                 log.info("real masks vs masks sampled from the prior (%d windows each):\n%s",
                          model.fidelity["samples"], fidelity_table(model.fidelity))
                 model.save(output)

@@ -21,7 +21,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,17 @@ class Coordinate:
 
 
 @dataclass
+class FilePart:
+    """One input file of a record: its frames, own time coordinate and global attributes, so
+    that an output per input file can be written exactly like it."""
+
+    path: Path
+    frames: int
+    time: Coordinate | None = None
+    global_attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Field:
     """Variables on a shared (time, y, x) grid with their observation mask and metadata."""
 
@@ -65,7 +76,7 @@ class Field:
     coords: list[Coordinate] = field(default_factory=list)
     global_attrs: dict[str, Any] = field(default_factory=dict)
     unlimited: set[str] = field(default_factory=set)
-    parts: list[tuple[Path, int]] = field(default_factory=list)   # (file, frames) in order
+    parts: list[FilePart] = field(default_factory=list)     # input files, in time order
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -322,7 +333,7 @@ def record_source(parts: list[record.Part], requested: Sequence[str] | None,
                      shape=full_shape, time_axis=time_axis,
                      var_attrs=[record.without_packing(a) for a in attrs], coords=coords,
                      global_attrs=dict(ds.attrs), unlimited=unlimited,
-                     parts=[(p.label, p.frames) for p in parts])
+                     parts=[_file_part(p, time_dim) for p in parts])
     if selection:
         template.global_attrs["ctxq_selection"] = selection.describe()
     reported: set[str] = set()   # variables whose out-of-range values were reported
@@ -375,6 +386,15 @@ def record_source(parts: list[record.Part], requested: Sequence[str] | None,
     for part in parts:
         part.close()
     return source
+
+
+def _file_part(part: record.Part, time_dim: str | None) -> FilePart:
+    """What an output written for this part alone needs to know of it."""
+    time = None
+    if part.time is not None and time_dim is not None:
+        time = Coordinate(time_dim, (time_dim,), part.time.values,
+                          dict(part.dataset.variables[time_dim].attrs))
+    return FilePart(part.label, part.frames, time, dict(part.dataset.attrs))
 
 
 def _check_part(part: record.Part, names: Sequence[str], dims: tuple[str, ...],
@@ -538,11 +558,11 @@ def open_field(inputs: Inputs, variables: Sequence[str] | None = None,
                                selection)
     if mask_path is not None:
         mask_path = Path(mask_path)
-        source.mask, source.mask_path = _mask_source(mask_path, source), mask_path
+        source.mask, source.mask_path = mask_reader(mask_path, source), mask_path
     return source
 
 
-def _mask_source(path: Path, source: FieldSource) -> Callable[[int, int], np.ndarray]:
+def mask_reader(path: Path, source: FieldSource) -> Callable[[int, int], np.ndarray]:
     """Frames [a, b) of a mask file (or its single static frame), as read_mask shapes them."""
     names = source.template.names
     if file_format(path) == "netcdf":
@@ -896,6 +916,129 @@ def open_output(path: Path | str, template: Field, variables: Sequence[OutputVar
                         ds.close()
             finally:
                 netCDF4.set_chunk_cache(*previous)
+
+
+def part_template(template: Field, index: int) -> Field:
+    """The template of one input file of a record: its frames, time coordinate and global
+    attributes; the rest (grid, variables, other coordinates) the record's."""
+    part = template.parts[index]
+    start = sum(p.frames for p in template.parts[:index])
+    axis = template.time_axis
+    time_dim = template.dims[axis] if axis is not None else None
+    coords = []
+    for coord in template.coords:
+        if part.time is not None and coord.name == part.time.name:
+            coord = part.time
+        elif time_dim in coord.dims:
+            where = tuple(slice(start, start + part.frames) if d == time_dim else slice(None)
+                          for d in coord.dims)
+            coord = Coordinate(coord.name, coord.dims, coord.values[where], coord.attrs)
+        coords.append(coord)
+    shape = tuple(part.frames if i == axis else n for i, n in enumerate(template.shape))
+    return replace(template, path=part.path, shape=shape, coords=coords,
+                   global_attrs=dict(part.global_attrs), parts=[part])
+
+
+class SplitWriter:
+    """Receives a record's frames and writes each input file's frames to its own output.
+
+    An output is created when its first frames arrive and closed when its last are written,
+    so only one or two are open at a time; global attributes are added to every output at
+    the end, with the frames without observations counted per output.
+    """
+
+    def __init__(self, outputs: Sequence[tuple[Path, Path]], template: Field,
+                 variables: Sequence[OutputVariable], history: str) -> None:
+        self.outputs = list(outputs)          # (path, temporary path) per input file
+        self.templates = [part_template(template, i) for i in range(len(template.parts))]
+        self.starts = np.cumsum([0] + [p.frames for p in template.parts]).tolist()
+        self.variables, self.history = list(variables), history
+        self.writers: dict[int, OutputWriter] = {}
+        self.written = [0] * len(self.outputs)
+        self.attrs: dict[str, Any] = {}
+
+    def write(self, start: int, arrays: dict[str, np.ndarray]) -> None:
+        """Write internal (n, H, W) or (K, n, H, W) arrays at record frames [start, start + n)."""
+        n = next(iter(arrays.values())).shape[-3]
+        for i, (lo, hi) in enumerate(zip(self.starts[:-1], self.starts[1:])):
+            a, b = max(start, lo), min(start + n, hi)
+            if a >= b:
+                continue
+            writer = self.writers.get(i) or self._open(i)
+            writer.write(a - lo, {k: v[..., a - start:b - start, :, :] for k, v in arrays.items()})
+            self.written[i] += b - a
+            if self.written[i] == hi - lo:
+                self._close(i)
+
+    def attributes(self, attrs: dict[str, Any]) -> None:
+        """Global attributes for every output (added when the last frames are written)."""
+        self.attrs.update(attrs)
+
+    def _open(self, i: int) -> OutputWriter:
+        """Create output ``i`` in its temporary path."""
+        import netCDF4
+
+        path, tmp = self.outputs[i]
+        writer = OutputWriter(path, self.templates[i], self.variables)
+        with write_errors(path):
+            writer.dataset = netCDF4.Dataset(tmp, "w", format="NETCDF4")
+            _define_netcdf(writer.dataset, self.templates[i], self.variables, self.history)
+        self.writers[i] = writer
+        return writer
+
+    def _close(self, i: int) -> None:
+        """Close output ``i``."""
+        writer = self.writers.pop(i)
+        with write_errors(writer.path):
+            writer.dataset.close()
+
+    def finish(self) -> None:
+        """Add the global attributes to every output, each with its own frames without
+        observations (indices counted from its first frame)."""
+        import netCDF4
+
+        unwritten = [str(p) for (p, _), w in zip(self.outputs, self.written) if not w]
+        if unwritten:
+            raise CtxqError(f"{unwritten[0]}: no frame was written")
+        empty = np.asarray(self.attrs.get("ctxq_empty_frame_indices", []), dtype=np.int32)
+        for (path, tmp), lo, hi in zip(self.outputs, self.starts[:-1], self.starts[1:]):
+            attrs = {k: v for k, v in self.attrs.items() if k != "ctxq_empty_frame_indices"}
+            own = empty[(empty >= lo) & (empty < hi)] - lo
+            attrs["ctxq_frames_without_observations"] = len(own)
+            if len(own):
+                attrs["ctxq_empty_frame_indices"] = own.astype(np.int32)
+            with write_errors(path), netCDF4.Dataset(tmp, "a") as ds:
+                ds.setncatts(attrs)
+
+    def close(self) -> None:
+        """Close whatever is still open (after a failure)."""
+        for i in list(self.writers):
+            self._close(i)
+
+
+@contextlib.contextmanager
+def open_outputs(paths: Sequence[Path], template: Field, variables: Sequence[OutputVariable],
+                 history: str) -> Iterator[SplitWriter]:
+    """One NetCDF output per input file of the template's record (``paths`` in the record's
+    order), written range by range. Nothing appears at any path unless the block completes."""
+    import netCDF4
+
+    if len(paths) != len(template.parts):
+        raise ValueError(f"{len(paths)} outputs for {len(template.parts)} input files")
+    previous = netCDF4.get_chunk_cache()
+    netCDF4.set_chunk_cache(1 << 20, 1, 1.0)    # each chunk is written once (see open_output)
+    try:
+        with contextlib.ExitStack() as stack:
+            outputs = [(Path(p), stack.enter_context(atomic_path(p, writes_only=False)))
+                       for p in paths]
+            writer = SplitWriter(outputs, template, variables, history)
+            try:
+                yield writer
+            finally:
+                writer.close()
+            writer.finish()
+    finally:
+        netCDF4.set_chunk_cache(*previous)
 
 
 def _write_npz(tmp: Path, template: Field, writer: OutputWriter) -> None:

@@ -472,3 +472,47 @@ def _check_netcdf(path: Path) -> None:
 def without_packing(attrs: dict[str, Any]) -> dict[str, Any]:
     """Attributes to copy to outputs: the input's packing does not apply to them."""
     return {k: v for k, v in attrs.items() if k not in PACKING_ATTRS}
+
+
+# ----------------------------------------------------------------------------- xarray objects
+
+def xarray_part(obj: Any, label: str = "<xarray>") -> Part:
+    """An xarray DataArray or Dataset (decoded, as xarray opens files) as a part of a record.
+
+    Decoded times are encoded back to numbers in their own units (``encoding``, else days
+    since the first), so that distances in time are measured as for a file; valid bounds of a
+    packed variable are moved to physical units, since xarray has unpacked its values.
+    """
+    import xarray as xr
+
+    if isinstance(obj, xr.DataArray):
+        obj = obj.to_dataset(name=str(obj.name) if obj.name is not None else "data")
+    if not isinstance(obj, xr.Dataset):
+        raise TypeError(f"expected an xarray DataArray or Dataset, got {type(obj).__name__}")
+    variables = {}
+    for name, var in obj.variables.items():
+        if var.dtype.kind == "M" or (var.dtype.kind == "O" and var.size and
+                                     hasattr(var.values.flat[0], "calendar")):
+            numbers, units, calendar = xr.coding.times.encode_cf_datetime(
+                var.values, var.encoding.get("units"), var.encoding.get("calendar"))
+            var = xr.Variable(var.dims, numbers, {**var.attrs, "units": units,
+                                                  "calendar": calendar})
+        elif "scale_factor" in var.encoding or "add_offset" in var.encoding:
+            var = var.copy(deep=False)
+            var.attrs = _physical_bounds(var.attrs, var.encoding)
+        variables[name] = var
+    coords = [n for n in obj.coords if n in variables]
+    ds = xr.Dataset({n: v for n, v in variables.items()}, attrs=dict(obj.attrs)).set_coords(
+        coords)
+    return Part(Path(label), ds, default_fill=True, reopen=False)
+
+
+def _physical_bounds(attrs: dict[str, Any], encoding: dict[str, Any]) -> dict[str, Any]:
+    """valid_range/valid_min/valid_max of a packed variable in physical units."""
+    scale = float(encoding.get("scale_factor", 1.0))
+    offset = float(encoding.get("add_offset", 0.0))
+    out = dict(attrs)
+    for key in ("valid_range", "valid_min", "valid_max"):
+        if key in out:
+            out[key] = np.asarray(out[key], dtype=np.float64) * scale + offset
+    return out

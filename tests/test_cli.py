@@ -456,3 +456,25 @@ def test_quality_levels_and_a_land_sea_flag_mask_select_what_is_used_and_filled(
     result = run("impute", obs, "--checkpoint", den, "-o", tmp_path / "x.nc",
                  "--quality-var", "quality_level")
     assert result.exit_code == 1 and "go together" in result.output
+
+
+def test_one_level_of_a_4d_variable_is_trained_on_and_filled_with_sel(tmp_path):
+    values = smooth_field(6, 10, 10, seed=4)
+    levels = np.stack([values, values + 1, values + 2], axis=1)       # (time, depth, y, x)
+    observed = np.random.default_rng(4).random(levels.shape) < 0.6
+    path = write_nc(tmp_path / "model.nc", levels, name="thetao", observed=observed,
+                    dims=("time", "depth", "lat", "lon"))
+    with netCDF4.Dataset(path, "a") as ds:
+        ds.createVariable("depth", "f4", ("depth",))[:] = [0.5, 10.0, 100.0]
+    den, out = tmp_path / "d.safetensors", tmp_path / "out.nc"
+    result = run("train-denoiser", path, "-o", den, *TINY)
+    assert result.exit_code == 1 and "--sel depth=VALUE or --isel depth=INDEX" in result.output
+    assert run("train-denoiser", path, "-o", den, "--isel", "depth=1", *TINY).exit_code == 0
+    result = run("impute", path, "--checkpoint", den, "-o", out, "--sel", "depth=10",
+                 "--ensemble", "2", "--quiet")
+    assert result.exit_code == 0, result.output
+    with netCDF4.Dataset(out) as ds:
+        assert ds["thetao"].dimensions == ("time", "depth", "lat", "lon")
+        assert ds["depth"][:].tolist() == [10.0]
+        filled = ds["thetao"][:, 0].filled(np.nan)
+    assert filled[observed[:, 1]].tobytes() == levels[:, 1][observed[:, 1]].tobytes()

@@ -32,7 +32,7 @@ def test_files_of_a_glob_are_joined_in_time_order_whatever_their_names(tmp_path)
     daily_file(tmp_path / "b.nc", values[6:], 6)
     fld = io.read_field(str(tmp_path / "*.nc"))
     assert fld.values[:, 0].tobytes() == values.tobytes()
-    assert [p.name for p, _ in fld.parts] == ["c.nc", "a.nc", "b.nc"]
+    assert [p.path.name for p in fld.parts] == ["c.nc", "a.nc", "b.nc"]
     times, unit = fld.times()
     np.testing.assert_array_equal(times, np.arange(9.0))
     assert io.read_field(tmp_path).values.tobytes() == fld.values.tobytes()     # a directory

@@ -1,0 +1,232 @@
+"""The Python API: train a denoiser and fill gaps from a notebook, on files, numpy arrays or
+xarray objects, through the same code as the command line.
+
+    import xarray as xr
+    from ctxq_cli import api
+
+    model = api.load_model("denoiser.safetensors")
+    sst = xr.open_dataset("sst_2020.nc")["sst"]
+    filled = api.impute(sst, model, ensemble=32)    # Dataset: sst, sst_std, sst_flag
+
+:func:`impute` returns the variables ``ctxq impute`` writes, decoded as
+``xarray.open_dataset`` would decode that file: the same values, bit for bit, for the same
+input, options and seed. The spread is calibrated unless ``calibrate=False``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctxq_cli import io, record
+from ctxq_cli.cf import encode
+from ctxq_cli.errors import CtxqError
+from ctxq_cli.fill import ImputeOptions, fill_record
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ImputeOptions", "load_model", "open_record", "impute", "train_denoiser"]
+
+
+def device(name: str = "auto") -> Any:
+    """A torch device: 'auto' is CUDA when present, else the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CtxqError(f"device {name}: no CUDA device is available")
+    return torch.device(name)
+
+
+def load_model(path: str | Path, on: str = "auto") -> Any:
+    """A trained denoiser from its safetensors checkpoint."""
+    from ctxq_cli.model import DenoiserModel
+
+    return DenoiserModel.load(path, device(on))
+
+
+def open_record(data: Any, variables: Sequence[str] | None = None, *,
+                mask: str | Path | None = None, default: Sequence[str] = (),
+                quality: Any = None, selection: record.Selection | None = None
+                ) -> io.FieldSource:
+    """A record to read frames from: a file, files, a glob, a directory, a zarr store, an
+    xarray DataArray or Dataset, or a numpy array (T, H, W) or (T, C, H, W), NaN = missing."""
+    import xarray as xr
+
+    if isinstance(data, np.ndarray):
+        data = _from_numpy(data, variables)
+    if isinstance(data, (xr.DataArray, xr.Dataset)):
+        part = record.xarray_part(data)
+        source = io.record_source([part], variables, default, quality, selection)
+        if mask is not None:
+            source.mask, source.mask_path = io.mask_reader(Path(mask), source), Path(mask)
+        return source
+    return io.open_field(data, variables, mask, default, quality, selection)
+
+
+def _from_numpy(values: np.ndarray, variables: Sequence[str] | None) -> Any:
+    """A numpy array as a Dataset with dims (time, y, x) and one variable per channel."""
+    import xarray as xr
+
+    if values.ndim == 3:
+        values = values[:, None]
+    if values.ndim != 4:
+        raise ValueError(f"expected an array (T, H, W) or (T, C, H, W), got shape "
+                         f"{values.shape}")
+    names = list(variables or (["data"] if values.shape[1] == 1 else
+                               [f"data{c}" for c in range(values.shape[1])]))
+    if len(names) != values.shape[1]:
+        raise ValueError(f"{len(names)} variable names for {values.shape[1]} channels")
+    return xr.Dataset({n: (("time", "y", "x"), values[:, c]) for c, n in enumerate(names)})
+
+
+def impute(data: Any, model: Any | str | Path, variables: Sequence[str] | None = None, *,
+           mask: str | Path | None = None, domain: np.ndarray | None = None,
+           quality: Any = None, selection: record.Selection | None = None,
+           options: ImputeOptions | None = None, on: str = "auto", progress: bool = False,
+           **fields: Any) -> Any:
+    """Fill the gaps of ``data`` (anything :func:`open_record` takes) with ``model`` (loaded,
+    or the path of its checkpoint).
+
+    Options are an :class:`ImputeOptions` or its fields as keywords (``ensemble=32``,
+    ``seed=0``, ``members=True`` …). Returns an ``xarray.Dataset`` with, per variable, the
+    mean, ``VAR_std``, ``VAR_flag`` (0 observed, 1 filled) and with ``members`` the ensemble
+    along ``realization``; held in memory, so for records larger than memory use files and
+    ``ctxq impute``.
+    """
+    if options is not None and fields:
+        raise TypeError("give options or their fields as keywords, not both")
+    options = options or ImputeOptions(**fields)
+    checkpoint = ""
+    if isinstance(model, (str, Path)):
+        checkpoint, model = str(model), load_model(model, on)
+    source = open_record(data, variables, mask=mask, default=model.variables,
+                         quality=quality, selection=selection)
+    sink = DatasetOutput()
+    fill_record(model, source, sink.open, options, device(on), domain, progress, checkpoint)
+    return sink.dataset
+
+
+class DatasetOutput:
+    """An output that gathers a record's frames into an xarray Dataset (see io.OutputWriter).
+
+    Arrays are encoded as they would be written to NetCDF and then decoded by xarray, so that
+    the Dataset equals what ``xarray.open_dataset`` reads from ``ctxq impute``'s file.
+    """
+
+    def __init__(self) -> None:
+        self.dataset: Any = None
+        self.template: io.Field | None = None
+        self.variables: dict[str, io.OutputVariable] = {}
+        self.arrays: dict[str, np.ndarray] = {}
+        self.attrs: dict[str, Any] = {}
+
+    @contextlib.contextmanager
+    def open(self, template: io.Field, variables: list[io.OutputVariable]
+             ) -> Iterator[DatasetOutput]:
+        """Receive the record's frames; the Dataset is built when the block completes."""
+        self.template, self.variables = template, {v.name: v for v in variables}
+        for var in variables:
+            shape = ((var.values.shape[0],) if var.member_dim else ()) + template.shape
+            self.arrays[var.name] = np.empty(shape, np.dtype(var.encoding.dtype))
+        yield self
+        self.dataset = self._build()
+
+    def write(self, start: int, arrays: dict[str, np.ndarray]) -> None:
+        """Store internal (n, H, W) or (K, n, H, W) arrays at frames [start, start + n)."""
+        assert self.template is not None
+        axis = self.template.time_axis
+        for name, values in arrays.items():
+            var = self.variables[name]
+            members = values if var.member_dim else values[None]
+            for i, member in enumerate(members):
+                disk = record.to_disk(member, _with_frames(self.template, len(member)), axis)
+                where: list[Any] = [slice(None)] * disk.ndim
+                if axis is not None:
+                    where[axis] = slice(start, start + member.shape[0])
+                target = self.arrays[name][i] if var.member_dim else self.arrays[name]
+                target[tuple(where)] = encode(disk, np.isnan(disk), var.encoding)
+
+    def attributes(self, attrs: dict[str, Any]) -> None:
+        """Global attributes to add."""
+        self.attrs.update(attrs)
+
+    def _build(self) -> Any:
+        """The Dataset as on disk, decoded by xarray."""
+        import xarray as xr
+
+        from ctxq_cli import __version__
+        from ctxq_cli.cf import PACKING_ATTRS
+
+        template = self.template
+        assert template is not None
+        out = xr.Dataset(attrs={**template.global_attrs, **self.attrs,
+                                "history": io.history_line("ctxq_cli.api.impute", __version__)})
+        if any(v.member_dim for v in self.variables.values()):
+            k = next(len(a) for n, a in self.arrays.items() if self.variables[n].member_dim)
+            out[io.MEMBER_DIM] = xr.Variable((io.MEMBER_DIM,), np.arange(k, dtype=np.int32),
+                                             {"standard_name": "realization",
+                                              "long_name": "ensemble member"})
+        for coord in template.coords:
+            out[coord.name] = xr.Variable(coord.dims, coord.values, coord.attrs)
+        for name, var in self.variables.items():
+            dims = ((io.MEMBER_DIM,) if var.member_dim else ()) + tuple(template.dims)
+            attrs = {**var.encoding.attrs,
+                     **{k: v for k, v in var.attrs.items() if k not in PACKING_ATTRS}}
+            out[name] = xr.Variable(dims, self.arrays[name], attrs)
+        return xr.decode_cf(out)
+
+
+def _with_frames(template: io.Field, frames: int) -> tuple[int, ...]:
+    """The template's on-disk shape with ``frames`` frames."""
+    axis = template.time_axis
+    return tuple(frames if i == axis else n for i, n in enumerate(template.shape))
+
+
+def train_denoiser(data: Any, variables: Sequence[str] | None = None, *,
+                   output: str | Path | None = None, mask: str | Path | None = None,
+                   domain: np.ndarray | None = None, quality: Any = None,
+                   selection: record.Selection | None = None, on: str = "auto",
+                   progress: bool = False, **options: Any) -> Any:
+    """Train a denoiser on ``data`` (anything :func:`open_record` takes); ``options`` are
+    :class:`~ctxq_cli.train.TrainOptions` fields (``steps``, ``max_minutes``, ``window`` …).
+    The model is saved to ``output`` when given, and returned."""
+    from ctxq_cli.train import TrainOptions
+
+    source = open_record(data, variables, mask=mask, quality=quality, selection=selection)
+    fld = source.template
+    fld.values, fld.observed = source.read(0, source.frames)
+    dom = io.observed_domain(fld.observed) if domain is None else np.asarray(domain, bool)
+    model = train_field(fld, dom, TrainOptions(**options), device(on), progress=progress)
+    if output is not None:
+        model.save(output)
+    return model
+
+
+def train_field(fld: io.Field, domain: np.ndarray, options: Any, on: Any,
+                log_file: Any = None, progress: bool = False, control: Any = None,
+                prior: Any = None) -> Any:
+    """A denoiser trained on a field read whole, knowing what data it was trained on."""
+    from ctxq_cli import provenance
+    from ctxq_cli.train import train_denoiser as train
+
+    if not fld.observed.any():
+        raise CtxqError(f"{fld.path}: variable '{fld.names[0]}' has no observed value at "
+                        "all; nothing to learn from")
+    if fld.frames < options.window:
+        raise CtxqError(f"{fld.path}: {fld.frames} frames, fewer than the window "
+                        f"{options.window}")
+    times, unit = fld.times()
+    log.info("%s: %s", fld.path, io.describe_times(times, unit))
+    model = train(fld.values, fld.observed, domain, fld.names, options, on, log_file,
+                  progress, control, prior, times=times, time_unit=unit)
+    model.training["data"] = str(fld.path)
+    model.data = provenance.describe(fld.names, fld.var_attrs, fld.coords, fld.grid_dims,
+                                     fld.values, fld.observed)
+    return model

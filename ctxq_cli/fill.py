@@ -1,0 +1,249 @@
+"""Filling a record with a trained denoiser, from reading to writing: the one path that
+``ctxq impute`` and the Python API (:mod:`ctxq_cli.api`) share.
+
+:func:`fill_record` checks that the record is what the model was trained on (variables,
+units, grid, value range), puts its frames in the model's time unit, calibrates the ensemble
+spread on withheld observations, fills the record a chunk of frames at a time (tiles for large
+grids) and hands each chunk to an output: a file, one file per input file, or an xarray
+Dataset. Observed values are passed through unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ctxq_cli import io
+from ctxq_cli.errors import CtxqError
+
+log = logging.getLogger(__name__)
+
+AUTO_TILE_ABOVE = 512     # grids up to this many cells a side go through the network whole
+AUTO_TILE = 256
+CHUNK_BYTES = 1 << 30     # rough budget for a chunk's ensemble arrays
+CHECK_FRAMES = 64         # frames whose values are compared with the training data's
+
+
+@dataclass(frozen=True)
+class ImputeOptions:
+    """How to fill: ensemble size, sampler steps, seed, batching, guidance, tiling, chunking
+    and calibration. Invalid values raise ValueError naming the field."""
+
+    ensemble: int = 32
+    steps: int = 1
+    seed: int = 0
+    members: bool = False
+    batch_size: int = 64
+    guided: bool = True
+    guidance_rho: float = 0.5
+    guidance_weight: float = 0.03
+    calibrate: bool = True
+    tile: int | None = None
+    tile_overlap: int = 32
+    wrap_lon: bool = False
+    chunk: int | None = None
+    allow_other_grid: bool = False
+
+    def __post_init__(self) -> None:
+        positive = {"ensemble": self.ensemble, "steps": self.steps,
+                    "batch_size": self.batch_size, "chunk": self.chunk}
+        for name, value in positive.items():
+            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+                raise ValueError(f"ImputeOptions.{name} must be a positive integer, got {value!r}")
+        if self.tile is not None and self.tile < 8:
+            raise ValueError(f"ImputeOptions.tile must be at least 8 cells, got {self.tile}")
+        if self.tile_overlap < 0:
+            raise ValueError(f"ImputeOptions.tile_overlap must be ≥ 0, got {self.tile_overlap}")
+        if not 0 <= self.guidance_rho <= 1:
+            raise ValueError(f"ImputeOptions.guidance_rho must be in [0, 1], got "
+                             f"{self.guidance_rho}")
+        if self.guidance_weight < 0:
+            raise ValueError(f"ImputeOptions.guidance_weight must be ≥ 0, got "
+                             f"{self.guidance_weight}")
+
+
+@dataclass
+class FillReport:
+    """What a fill did, for the log and the output's global attributes."""
+
+    attributes: dict[str, Any] = field(default_factory=dict)
+    domain_cells: int = 0
+    never_observed: int = 0
+
+
+Writer = Any     # io.OutputWriter-like: write(start, arrays), attributes(attrs)
+OpenOutput = Callable[[io.Field, list[io.OutputVariable]], AbstractContextManager[Writer]]
+
+
+def fill_record(model: Any, source: io.FieldSource, open_output: OpenOutput,
+                options: ImputeOptions = ImputeOptions(), device: Any = None,
+                domain: np.ndarray | None = None, progress: bool = False,
+                checkpoint: str = "") -> FillReport:
+    """Fill every frame of ``source`` with ``model`` and write it through ``open_output``.
+
+    ``domain`` (H, W) is where cells are filled (default: the model's, on its own grid).
+    """
+    import torch
+
+    from ctxq_cli import __version__
+    from ctxq_cli.impute import calibrate_spread, impute_chunks
+    from ctxq_cli.spread import Spread
+    from ctxq_cli.tiles import Tiling
+
+    device = device or torch.device("cpu")
+    fld = source.template
+    label = fld.path
+    check_record(fld, model, label, source.read(0, min(source.frames, CHECK_FRAMES)),
+                 options.allow_other_grid, checkpoint)
+    times = model_times(fld, model)
+    dom = imputation_domain(fld, model, domain)
+    tiling = Tiling(size=options.tile or (None if max(fld.grid) <= AUTO_TILE_ABOVE
+                                          else AUTO_TILE),
+                    overlap=options.tile_overlap, wrap_lon=options.wrap_lon)
+    chunk = options.chunk or auto_chunk(options.ensemble, len(fld.names), fld.grid,
+                                        model.window, options.members)
+    log.info("%s, %d frames per chunk", f"tiles of {tiling.size} cells overlapping by "
+             f"{tiling.overlap}" if tiling.size else "one tile", chunk)
+    run = {"device": device, "batch": options.batch_size, "guided": options.guided,
+           "rho": options.guidance_rho, "guidance_weight": options.guidance_weight,
+           "tiling": tiling, "times": times}
+    scale = Spread()
+    if options.calibrate and options.steps == 1:
+        scale = calibrate_spread(model, source.read, source.frames, dom, options.ensemble,
+                                 options.seed, chunk=chunk, **run)
+    specs = output_variables(fld, options.ensemble if options.members else None)
+    ever = np.zeros(fld.grid, bool)
+    empty: list[int] = []
+    with open_output(fld, specs) as writer:
+        for a, result in impute_chunks(model, source.read, source.frames, dom,
+                                       options.ensemble, options.steps, options.seed,
+                                       options.members, progress=progress, spread=scale,
+                                       chunk=chunk, **run):
+            writer.write(a, output_arrays(fld.names, result))
+            ever |= result.observed.any(axis=(0, 1))
+            empty += [a + f for f in result.empty_frames]
+        attrs = {"ctxq_version": __version__, "ctxq_checkpoint": checkpoint,
+                 "ctxq_ensemble": options.ensemble, "ctxq_steps": options.steps,
+                 "ctxq_seed": options.seed, "ctxq_partition": model.partition.name,
+                 "ctxq_window": model.window, "ctxq_spread_scale": scale.ensemble,
+                 "ctxq_spread_first_guess": scale.first_guess,
+                 "ctxq_spread_noise": scale.noise_name(),
+                 "ctxq_frames_without_observations": len(empty)}
+        if empty:  # 0-based indices along time, e.g. for masking in analysis
+            attrs["ctxq_empty_frame_indices"] = np.asarray(empty, dtype=np.int32)
+        if source.quality is not None:
+            attrs["ctxq_quality"] = f"{source.quality.variable} >= {source.quality.minimum:g}"
+            log.info("%s: %s", label, source.describe_quality())
+        writer.attributes(attrs)
+    report = FillReport(attrs, int(dom.sum()), int((dom & ~ever).sum()))
+    log.info("domain: %d cells, %d never observed in this record and filled from the model",
+             report.domain_cells, report.never_observed)
+    return report
+
+
+def auto_chunk(ensemble: int, channels: int, grid: tuple[int, int], window: int,
+               members: bool) -> int:
+    """Frames per chunk that keep the ensemble's arrays of a chunk near CHUNK_BYTES."""
+    per_frame = ensemble * channels * grid[0] * grid[1] * 4 * (4 if members else 3)
+    return max(4 * window, CHUNK_BYTES // per_frame)
+
+
+def check_record(fld: io.Field, model: Any, label: Any,
+                 sample: tuple[np.ndarray, np.ndarray], other_grid: bool = False,
+                 checkpoint: str = "") -> None:
+    """The record must hold the model's variables, in its units, on its grid, at its scale
+    (judged on ``sample``, values and observed cells of some of its frames)."""
+    from ctxq_cli import provenance
+
+    if fld.names != model.variables:
+        raise CtxqError(f"{label}: variables {fld.names} do not match the checkpoint's "
+                        f"{model.variables}" + (f" ({checkpoint})" if checkpoint else ""))
+    if model.data is not None:
+        provenance.check(model.data, provenance.describe(
+            fld.names, fld.var_attrs, fld.coords, fld.grid_dims, *sample), label, other_grid)
+
+
+def model_times(fld: io.Field, model: Any) -> np.ndarray | None:
+    """The record's times in the unit the model's temporal smoother measures time in."""
+    if model.smoother is None:
+        return None
+    times, unit = fld.times()
+    wanted, step = model.smoother.time_unit, model.smoother.step
+    if wanted == "frames":
+        times, unit = None, "frames"   # trained without a time coordinate: frames apart
+    elif times is None:
+        log.warning("%s: no time coordinate; its frames are taken %g %s apart, the training "
+                    "record's step", fld.path, step, wanted)
+        return step * np.arange(fld.frames, dtype=np.float64)
+    log.info("%s: %s", fld.path, io.describe_times(times, unit))
+    return times
+
+
+def imputation_domain(fld: io.Field, model: Any, domain: np.ndarray | None) -> np.ndarray:
+    """The domain given, or the model's when the grids agree."""
+    if domain is not None:
+        if domain.shape != fld.grid:
+            raise CtxqError(f"{fld.path}: the domain has shape {domain.shape}, the grid "
+                            f"{fld.grid}")
+        return domain.astype(bool)
+    if fld.grid == model.grid:
+        return model.domain
+    raise CtxqError(f"{fld.path}: grid {fld.grid} differs from the model's {model.grid}; "
+                    "give a domain for this grid (--domain)")
+
+
+def output_variables(fld: io.Field, members: int | None) -> list[io.OutputVariable]:
+    """Mean, spread, flag (and members) per variable, mirroring the input's attributes.
+
+    Every variable has a ``_FillValue`` (NetCDF's default for floats, which no observation
+    takes, so that observed values are never turned into fill) and the input's
+    ``coordinates`` and ``grid_mapping``, so that CF tools place each on the grid.
+    """
+    from ctxq_cli.cf import DEFAULT_FILL, Encoding
+
+    kind = "f8" if fld.values.dtype == np.float64 else "f4"
+    floats = Encoding("float64" if kind == "f8" else "float32", DEFAULT_FILL[kind])
+    variables = []
+    for c, name in enumerate(fld.names):
+        attrs = dict(fld.var_attrs[c])
+        label = attrs.get("long_name", name)
+        place = {k: attrs[k] for k in ("coordinates", "grid_mapping") if k in attrs}
+        attrs["ancillary_variables"] = f"{name}_std {name}_flag" + (
+            f" {name}_members" if members else "")
+        variables.append(io.OutputVariable(name, None, attrs, encoding=floats))
+        std_attrs = {k: attrs[k] for k in ("units",) if k in attrs}
+        if "standard_name" in attrs:
+            std_attrs["standard_name"] = f"{attrs['standard_name']} standard_error"
+        std_attrs["long_name"] = f"ensemble spread (standard deviation) of {label}"
+        variables.append(io.OutputVariable(f"{name}_std", None, {**std_attrs, **place},
+                                           encoding=floats))
+        variables.append(io.OutputVariable(
+            f"{name}_flag", None, {"long_name": f"origin of {label}",
+                                   "flag_values": np.array([0, 1], np.int8),
+                                   "flag_meanings": "observed filled_by_ctxq", **place},
+            encoding=Encoding("int8", -127)))
+        if members:
+            variables.append(io.OutputVariable(
+                f"{name}_members", np.empty((members, 0)),
+                {**{k: attrs[k] for k in ("units", "standard_name") if k in attrs},
+                 "long_name": f"ensemble members of {label}", **place}, member_dim=True,
+                encoding=floats))
+    return variables
+
+
+def output_arrays(names: list[str], result: Any) -> dict[str, np.ndarray]:
+    """One chunk's arrays for the variables of :func:`output_variables`."""
+    arrays = {}
+    for c, name in enumerate(names):
+        arrays[name] = result.mean[:, c]
+        arrays[f"{name}_std"] = result.std[:, c]
+        arrays[f"{name}_flag"] = np.where(result.observed[:, c], 0.0,
+                                          np.where(np.isfinite(result.mean[:, c]), 1.0, np.nan))
+        if result.members is not None:
+            arrays[f"{name}_members"] = result.members[:, :, c]
+    return arrays
