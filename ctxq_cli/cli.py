@@ -38,7 +38,7 @@ EXIT_INTERNAL_ERROR = 3
 DataArg = Annotated[list[Path], typer.Argument(
     help="Field to read: NetCDF, zarr or NPZ. Several files, a quoted glob ('sst/*.nc') or a "
          "directory make one record, joined along time in the order of their times.",
-    show_default=False)]
+    show_default=False, metavar="DATA")]
 SelOpt = Annotated[list[str] | None, typer.Option(
     "--sel", help="Keep one element of an extra dimension, by coordinate value: depth=0 "
     "(repeat for several dimensions).")]
@@ -486,7 +486,8 @@ def impute(
 
     NetCDF files are read and written a chunk of frames at a time (--chunk) and large grids
     are filled by overlapping tiles (--tile), so memory follows the chunk and the tile, not
-    the file.
+    the file. A record of many files is written to one file (--output) or to one file per
+    input file (--output-dir); nothing is written unless the whole record is filled.
     """
     with reporting(quiet) as progress:
         from ctxq_cli import io
@@ -585,7 +586,7 @@ def evaluate(
     data: Annotated[list[Path], typer.Argument(
         help="Imputed field (output of 'ctxq impute'), or observations with --checkpoint; "
              "several files, a glob or a directory make one record.",
-        show_default=False)],
+        show_default=False, metavar="DATA")],
     truth: Annotated[Path | None, typer.Option(help="Complete reference field.")] = None,
     mask: MaskOpt = None,
     var: VarOpt = None,
