@@ -315,6 +315,9 @@ def record_source(parts: list[record.Part], requested: Sequence[str] | None,
                         "several files are joined along time")
     parts = record.order_parts(parts, time_dim or "")
     frames = sum(p.frames for p in parts)
+    if len(parts) > 1:
+        log.info("%d files joined along time: %s … %s (%d frames)", len(parts), parts[0].label,
+                 parts[-1].label, frames)
     attrs = [first.variable_attrs(n) for n in names]
     coords = _record_coords(parts, dims, attrs, time_dim)
     if len(parts) > 1:

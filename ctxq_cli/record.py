@@ -62,9 +62,11 @@ def expand(inputs: Sequence[str | Path]) -> list[Path]:
             out += found
         else:
             raise CtxqError(f"{path}: no such file")
-    repeated = [p for i, p in enumerate(out) if p.resolve() in {q.resolve() for q in out[:i]}]
-    if repeated:
-        raise CtxqError(f"{repeated[0]}: named twice")
+    seen: set[Path] = set()
+    for path in out:
+        if path.resolve() in seen:
+            raise CtxqError(f"{path}: named twice")
+        seen.add(path.resolve())
     return out
 
 
