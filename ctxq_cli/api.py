@@ -39,8 +39,10 @@ def device(name: str = "auto") -> Any:
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise CtxqError(f"--device must be auto, cpu or cuda, not '{name}'")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CtxqError(f"device {name}: no CUDA device is available")
+        raise CtxqError(f"--device {name}: no CUDA device is available")
     return torch.device(name)
 
 
@@ -62,6 +64,8 @@ def open_record(data: Any, variables: Sequence[str] | None = None, *,
     if isinstance(data, np.ndarray):
         data = _from_numpy(data, variables)
     if isinstance(data, (xr.DataArray, xr.Dataset)):
+        if selection is not None and selection.group:
+            raise ValueError("a group is chosen in files; pass the group's Dataset instead")
         part = record.xarray_part(data)
         source = io.record_source([part], variables, default, quality, selection)
         if mask is not None:

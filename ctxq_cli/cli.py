@@ -6,14 +6,11 @@ import contextlib
 import logging
 import os
 import shlex
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from ctxq_cli import __version__
@@ -44,6 +41,8 @@ SelOpt = Annotated[list[str] | None, typer.Option(
     "(repeat for several dimensions).")]
 IselOpt = Annotated[list[str] | None, typer.Option(
     "--isel", help="Keep one element of an extra dimension, by index: depth=0.")]
+GroupOpt = Annotated[str | None, typer.Option(
+    "--group", help="NetCDF-4 group (or zarr group) holding the variables, e.g. data/sst.")]
 MaskOpt = Annotated[Path | None, typer.Option(
     "--mask", help="Observation mask file (variable 'mask', 1 = observed), time-varying or 2-D.")]
 VarOpt = Annotated[list[str] | None, typer.Option(
@@ -154,39 +153,11 @@ def _internal(exc: BaseException) -> BaseException:
     return typer.Exit(EXIT_INTERNAL_ERROR)
 
 
-@contextlib.contextmanager
-def stop_requests() -> Iterator[Callable[[], bool]]:
-    """Turn SIGTERM and SIGINT into a request to stop cleanly, polled by the training loop."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-
-    def note(signum: int, frame: object) -> None:
-        received.append(signum)
-
-    handled = (signal.SIGTERM, signal.SIGINT)
-    previous = {s: signal.signal(s, note) for s in handled}
-    try:
-        yield lambda: bool(received)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    if received:
-        log.info("stopped on %s", signal.Signals(received[0]).name)
-
-
 def _device(name: str):
     """Resolve --device to a torch device."""
-    import torch
+    from ctxq_cli.api import device
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise CtxqError(f"--device must be auto, cpu or cuda, not '{name}'")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CtxqError("--device cuda: no CUDA device is available")
-    return torch.device(name)
+    return device(name)
 
 
 def _command_line() -> str:
@@ -239,6 +210,7 @@ def train_denoiser(
     min_quality: MinQualityOpt = None,
     sel: SelOpt = None,
     isel: IselOpt = None,
+    group: GroupOpt = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write.")] = Path(
         "denoiser.safetensors"),
     window: Annotated[int, typer.Option(help="Consecutive frames per sample.", min=1)] = 3,
@@ -247,7 +219,8 @@ def train_denoiser(
              "in time, fitted on the record, that the network corrects) or none.")
     ] = "smoother",
     partition: Annotated[str, typer.Option(
-        help="Context/query partition: auto, pixel, block, empirical or prior.")] = "auto",
+        help="Context/query partition: auto (from the masks' structure), pixel, block, "
+             "empirical or prior.")] = "auto",
     mask_prior: Annotated[Path | None, typer.Option(
         help="Mask prior (from train-mask-prior) for --partition prior; embedded in the "
              "checkpoint.")] = None,
@@ -307,24 +280,28 @@ def train_denoiser(
     Started by torchrun, the processes train one model together (see the README).
     """
     with reporting(quiet) as progress:
+        from ctxq_cli import runs
         from ctxq_cli.api import train_field
-        from ctxq_cli.train import TEMPORAL, TrainOptions
+        from ctxq_cli.train import TrainOptions
 
-        if temporal not in TEMPORAL:
-            raise CtxqError(f"--temporal must be one of {', '.join(TEMPORAL)}, not "
-                            f"'{temporal}'")
-        if partition not in ("auto", "pixel", "block", "empirical", "prior"):
-            raise CtxqError(f"--partition must be auto, pixel, block, empirical or prior, "
-                            f"not '{partition}'")
-        if normalization not in ("cell", "variable"):
-            raise CtxqError(f"--normalization must be cell or variable, not '{normalization}'")
         if (partition == "prior") != (mask_prior is not None):
             raise CtxqError("--partition prior and --mask-prior FILE go together")
         widths = _parse_channels(channels)
         if attention_heads and widths[-1] % attention_heads:
             raise CtxqError(f"--attention-heads {attention_heads} must divide the last "
                             f"--channels width {widths[-1]}")
-        with _training(output, log_file, resume, overwrite,
+        options = _options(TrainOptions, window=window, temporal=temporal, partition=partition,
+                           context_ratio=context_ratio, block_size=block_size,
+                           channels=widths, stem_patch=stem_patch,
+                           attention_heads=attention_heads,
+                           position_channels=position_channels,
+                           calibration_holdout=calibration_holdout, steps=steps,
+                           max_minutes=max_minutes, batch_size=batch_size, lr=lr,
+                           patch=patch, val_fraction=val_fraction, patience=patience,
+                           seed=seed, checkpoint_every=checkpoint_every,
+                           normalization=normalization, precision=precision,
+                           compile=compile_network)
+        with runs.training(output, log_file, resume, overwrite,
                        [*_files(data), mask, domain, mask_prior],
                        device, progress) as (control, log_io, dev, progress):
             prior = None
@@ -334,87 +311,15 @@ def train_denoiser(
                 prior = MaskPriorModel.load(mask_prior)
             fld, dom = _load_inputs(data, mask, var, domain,
                                     _quality(quality_var, min_quality), domain_flags,
-                                    _selection(sel, isel))
+                                    _selection(sel, isel, group))
             if fld.frames < window:
                 raise CtxqError(f"{fld.path}: {fld.frames} frames, fewer than --window "
                                 f"{window}")
-            options = TrainOptions(window=window, temporal=temporal, partition=partition,
-                                   context_ratio=context_ratio, block_size=block_size,
-                                   channels=widths, stem_patch=stem_patch,
-                                   attention_heads=attention_heads,
-                                   position_channels=position_channels,
-                                   calibration_holdout=calibration_holdout, steps=steps,
-                                   max_minutes=max_minutes, batch_size=batch_size, lr=lr,
-                                   patch=patch, val_fraction=val_fraction, patience=patience,
-                                   seed=seed, checkpoint_every=checkpoint_every,
-                                   normalization=normalization, precision=precision,
-                                   compile=compile_network)
             model = train_field(fld, dom, options, dev, log_io, progress, control, prior)
             if control.group.main:
                 model.training["command"] = _command_line()
                 model.save(output)
-                _finish_run(control, output)
-
-
-@contextlib.contextmanager
-def _training(output: Path, log_file: Path | None, resume: bool, overwrite: bool,
-              inputs: list[Path | None], device: str, progress: bool):
-    """Set up a training run, alone or as one of torchrun's processes.
-
-    Yields (run control, log file or None, device, show progress). Only rank 0 keeps the log,
-    shows progress and reports; the others speak only of warnings and errors.
-    """
-    from ctxq_cli import distributed
-    from ctxq_cli.train import open_log
-
-    group, dev = distributed.start(_device(device))
-    new_log = None      # a log this run created, removed if the run fails before writing to it
-    try:
-        if not group.main:
-            logging.getLogger().setLevel(logging.WARNING)
-        control, log_path, append = _prepare_run(output, log_file, resume, overwrite, inputs)
-        control.group = group
-        logs = open_log(log_path, append) if group.main else contextlib.nullcontext()
-        new_log = log_path if group.main and not append else None
-        with logs as log_io, stop_requests() as stop:
-            control.should_stop = stop
-            yield control, log_io, dev, progress and group.main
-    except Interrupted:
-        distributed.finish(group)      # a stop every rank agreed on: they all get here
-        raise
-    except BaseException:
-        if new_log is not None and new_log.exists() and new_log.stat().st_size == 0:
-            new_log.unlink()           # bad input found after the log was opened
-        distributed.finish(group, completed=False)
-        raise
-    distributed.finish(group)
-
-
-def _prepare_run(output: Path, log_file: Path | None, resume: bool, overwrite: bool,
-                 inputs: list[Path | None]):
-    """Check the output, log and state paths; return the run control, log path, log append."""
-    from ctxq_cli import io
-    from ctxq_cli.resume import previous_path, state_path
-    from ctxq_cli.train import RunControl
-
-    io.check_output(output, overwrite, inputs)
-    log_path = log_file or output.with_suffix(".log.jsonl")
-    state = state_path(output)
-    for path in (log_path, state, previous_path(state)):
-        io.check_output(path, True, inputs)
-    if not resume and not overwrite and state.exists():
-        raise CtxqError(f"{state}: a resumable state of an earlier run exists; add --resume to "
-                        "continue it or --overwrite to start afresh")
-    append = resume and (state.exists() or previous_path(state).exists())
-    return RunControl(state_path=state, resume=resume), log_path, append
-
-
-def _finish_run(control, output: Path) -> None:
-    """Report the checkpoint and drop the finished run's resumable states."""
-    from ctxq_cli.resume import remove_states
-
-    log.info("wrote %s", output)
-    remove_states(control.state_path)
+                runs.finish(control, output)
 
 
 def _parse_channels(text: str) -> tuple[int, ...]:
@@ -451,6 +356,7 @@ def impute(
         "it with _imputed (daily files in, daily files out).")] = None,
     sel: SelOpt = None,
     isel: IselOpt = None,
+    group: GroupOpt = None,
     members: Annotated[bool, typer.Option(help="Also write every ensemble member.")] = False,
     batch_size: Annotated[int, typer.Option(help="Denoiser passes per batch.", min=1)] = 64,
     guided: Annotated[bool, typer.Option(
@@ -505,7 +411,7 @@ def impute(
         model = DenoiserModel.load(checkpoint, dev)
         source = io.open_field(data, var, mask, default=model.variables,
                                quality=_quality(quality_var, min_quality),
-                               selection=_selection(sel, isel))
+                               selection=_selection(sel, isel, group))
         fld = source.template
         inputs = [p.path for p in fld.parts] or [fld.path]
         others = [mask, domain, checkpoint, *inputs]
@@ -551,11 +457,11 @@ def _files(data: list[Path]) -> list[Path]:
     return expand(data)
 
 
-def _selection(sel: list[str] | None, isel: list[str] | None):
-    """--sel and --isel as a Selection."""
+def _selection(sel: list[str] | None, isel: list[str] | None, group: str | None):
+    """--sel, --isel and --group as a Selection."""
     from ctxq_cli.record import Selection
 
-    return Selection.parse(sel or (), isel or ())
+    return Selection.parse(sel or (), isel or (), group)
 
 
 def _default_output(data: Path) -> Path:
@@ -596,6 +502,7 @@ def evaluate(
     min_quality: MinQualityOpt = None,
     sel: SelOpt = None,
     isel: IselOpt = None,
+    group: GroupOpt = None,
     checkpoint: Annotated[Path | None, typer.Option(
         help="Denoiser: impute DATA here (hiding --withhold of it when there is no truth).")
     ] = None,
@@ -630,7 +537,7 @@ def evaluate(
     ctxq and the chosen baselines, all given the same observations.
     """
     with reporting(quiet) as progress:
-        from ctxq_cli import evaluation, io
+        from ctxq_cli import cases, evaluation, io
 
         names = evaluation.parse_baselines(baseline)
         for path in (json_file, plot):
@@ -641,7 +548,7 @@ def evaluate(
                                      withhold_pattern, ensemble, steps, batch_size, seed,
                                      device, progress, calibrate,
                                      _quality(quality_var, min_quality), domain_flags,
-                                     _selection(sel, isel))
+                                     _selection(sel, isel, group))
         else:
             if truth is None:
                 raise CtxqError("give --truth TRUTH to score an imputed file, or --checkpoint "
@@ -651,7 +558,7 @@ def evaluate(
             if quality_var or min_quality is not None or domain_flags:
                 raise CtxqError("--quality-var, --min-quality and --domain-flags select "
                                 "observations to impute: they need --checkpoint")
-            case = _imputed_file(data, truth, mask, var, _selection(sel, isel))
+            case = cases.imputed_file(data, truth, mask, var, _selection(sel, isel, group))
         for name in names:
             case.estimates.append(evaluation.run_baseline(
                 name, case.observed_values, case.observed, case.domain, seed, case.times))
@@ -670,104 +577,25 @@ def evaluate(
             log.info("wrote %s", plot)
 
 
-def _imputed_file(data: list[Path], truth: Path, mask: Path | None, var: list[str] | None,
-                  selection=None):
-    """An imputed file scored against the truth on its filled (or --mask's missing) cells."""
-    from ctxq_cli import evaluation, io
-
-    written = io.imputed_variables(_files(data)[0])
-    est = io.read_field(data, var or written or None, selection=selection)
-    by_ctxq = all(n in written for n in est.names)
-    flags = (io.read_field(data, [f"{n}_flag" for n in est.names], selection=selection)
-             if by_ctxq else None)
-    std = (io.read_field(data, [f"{n}_std" for n in est.names], selection=selection).values
-           if by_ctxq else None)
-    ref = io.read_field(truth, est.names, selection=selection)
-    data = est.path
-    if ref.values.shape != est.values.shape:
-        raise CtxqError(f"{truth}: shape {ref.values.shape} does not match {data} "
-                        f"{est.values.shape}")
-    if mask is not None:
-        seen = io.read_mask(mask, est.names).astype(bool)
-        if seen.shape[-2:] != est.grid or seen.shape[0] not in (1, est.frames):
-            raise CtxqError(f"{mask}: mask shape {seen.shape} does not match {data} "
-                            f"{est.values.shape}")
-        observed = np.broadcast_to(seen, est.values.shape) & est.observed
-    elif flags is not None:
-        observed = flags.observed & (flags.values == 0)
-    else:
-        raise CtxqError(f"{data}: no VAR_flag variables (not written by ctxq impute?); give "
-                        "--mask MASK, the observation mask of the imputed input")
-    dom = (flags.observed if flags is not None else est.observed).any(axis=(0, 1))
-    inside = dom[None, None]
-    gaps = ~observed & inside & est.observed
-    return evaluation.Case(
-        description=f"{data} against {truth}: scored on the filled cells",
-        variables=est.names, observed_values=np.where(observed, est.values, 0),
-        observed=observed, domain=dom, reference=ref.values,
-        cells=gaps & ref.observed, valid=ref.observed & inside,
-        estimates=[evaluation.Estimate("ctxq", est.values, std=std)], times=est.times()[0])
-
-
 def _cross_validation(data: list[Path], truth: Path | None, mask: Path | None,
                       var: list[str] | None, domain: Path | None, checkpoint: Path,
                       withhold: float | None, pattern: str, ensemble: int, steps: int,
                       batch_size: int, seed: int, device: str, progress: bool, calibrate: bool,
                       quality=None, domain_flags: str | None = None, selection=None):
-    """Impute the observations with some hidden (or score on the gaps against the truth)."""
-    import time
-
-    from ctxq_cli import evaluation, io
-    from ctxq_cli.fill import check_record, imputation_domain, model_times
-    from ctxq_cli.impute import calibrate_spread, impute_field
+    """Read the record and the model; impute with some observations hidden."""
+    from ctxq_cli import cases, io
     from ctxq_cli.model import DenoiserModel
-    from ctxq_cli.spread import Spread
-    from ctxq_cli.withhold import withhold as hide
 
     dev = _device(device)
     model = DenoiserModel.load(checkpoint, dev)
     fld = io.read_field(data, var, mask, default=model.variables, quality=quality,
                         selection=selection)
-    data = fld.path
-    log.info("%s: %s", data, fld.describe())
-    check_record(fld, model, fld.path, (fld.values, fld.observed), checkpoint=str(checkpoint))
-    dom = imputation_domain(fld, model, io.read_domain(domain, fld.grid, _meanings(domain_flags))
-                            if domain else None)
+    log.info("%s: %s", fld.path, fld.describe())
+    dom = io.read_domain(domain, fld.grid, _meanings(domain_flags)) if domain else None
     fraction = withhold if withhold is not None else (0.0 if truth else 0.1)
-    hidden = np.zeros_like(fld.observed)
-    if fraction > 0:
-        hidden = hide(fld.observed, dom, fraction, pattern, seed)
-        if not hidden.any():
-            raise CtxqError(f"{data}: nothing to withhold (too few observations)")
-    kept = fld.observed & ~hidden
-    inside = dom[None, None]
-    if truth is not None:
-        ref = io.read_field(truth, fld.names, selection=selection)
-        if ref.values.shape != fld.values.shape:
-            raise CtxqError(f"{truth}: shape {ref.values.shape} does not match {data} "
-                            f"{fld.values.shape}")
-        reference, valid = ref.values, ref.observed & inside
-        cells = ~kept & inside & ref.observed
-        what = f"against {truth} on {'the gaps' if not hidden.any() else 'gaps and hidden cells'}"
-    else:
-        reference, valid, cells = fld.values, fld.observed & inside, hidden
-        what = (f"cross-validation: {100 * hidden.sum() / max(fld.observed.sum(), 1):.1f} % of "
-                f"the observations hidden ({pattern} pattern, seed {seed}) and scored")
-    values = np.where(kept, fld.values, 0)      # hidden values never reach any method
-    times = model_times(fld, model)
-    start = time.perf_counter()
-    scale = (calibrate_spread(model, lambda a, b: (values[a:b], kept[a:b]), len(values), dom,
-                              ensemble, seed, device=dev, batch=batch_size, times=times)
-             if calibrate and steps == 1 else Spread())
-    result = impute_field(model, values, kept, dom, ensemble, steps, seed, True, dev,
-                          batch_size, progress, spread=scale, times=times)
-    ctxq = evaluation.Estimate("ctxq", result.mean, std=result.std, members=result.members,
-                               seconds=time.perf_counter() - start)
-    return evaluation.Case(
-        description=f"{data} with {checkpoint} (K = {ensemble}, S = {steps}), {what}",
-        variables=fld.names, observed_values=values, observed=kept, domain=dom,
-        reference=reference, cells=cells, valid=valid, estimates=[ctxq],
-        times=fld.times()[0])
+    return cases.cross_validation(fld, model, checkpoint, dom, truth,
+                                  cases.Withholding(fraction, pattern, seed), ensemble, steps,
+                                  batch_size, dev, progress, calibrate, selection)
 
 
 @app.command("train-mask-prior")
@@ -781,6 +609,7 @@ def train_mask_prior(
     min_quality: MinQualityOpt = None,
     sel: SelOpt = None,
     isel: IselOpt = None,
+    group: GroupOpt = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write.")] = Path(
         "mask_prior.safetensors"),
     window: Annotated[int, typer.Option(
@@ -809,16 +638,17 @@ def train_mask_prior(
     next to masks sampled from the prior. Stops and resumes like train-denoiser.
     """
     with reporting(quiet) as progress:
+        from ctxq_cli import runs
         from ctxq_cli.train import MaskPriorOptions
         from ctxq_cli.train import train_mask_prior as train
 
         widths = _parse_channels(channels)
-        with _training(output, log_file, resume, overwrite, [*_files(data), mask, domain],
+        with runs.training(output, log_file, resume, overwrite, [*_files(data), mask, domain],
                        device,
                        progress) as (control, log_io, dev, progress):
             fld, dom = _load_inputs(data, mask, var, domain,
                                     _quality(quality_var, min_quality), domain_flags,
-                                    _selection(sel, isel))
+                                    _selection(sel, isel, group))
             if fld.frames < window:
                 raise CtxqError(f"{fld.path}: {fld.frames} frames, fewer than --window "
                                 f"{window}")
@@ -835,7 +665,7 @@ def train_mask_prior(
                 log.info("real masks vs masks sampled from the prior (%d windows each):\n%s",
                          model.fidelity["samples"], fidelity_table(model.fidelity))
                 model.save(output)
-                _finish_run(control, output)
+                runs.finish(control, output)
 
 
 def fidelity_table(fidelity: dict) -> str:

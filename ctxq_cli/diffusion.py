@@ -179,17 +179,15 @@ def single_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Te
     return _batched(run, k, batch)
 
 
-def omega(progress: Tensor | float, shape: str = "linear") -> float:
-    """Weight of E[u0|u_σ] against μ0, rising from 0 (pure noise) to 1 (clean)."""
-    p = float(progress)
-    return p if shape == "linear" else p * p
+def omega(progress: Tensor | float) -> float:
+    """Weight of E[u0|u_σ] against μ0, rising linearly from 0 (pure noise) to 1 (clean)."""
+    return float(progress)
 
 
 @torch.no_grad()
 def multi_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Tensor,
                prior_mean: Tensor, partition: Partition, schedule: NoiseSchedule, steps: int,
-               generators: list[torch.Generator], omega_shape: str = "linear",
-               batch: int = 64, cells: Tensor | None = None,
+               generators: list[torch.Generator], batch: int = 64, cells: Tensor | None = None,
                first_guess: FirstGuess | None = None) -> Tensor:
     """Posterior samples by the blended RePaint-style sampler.
 
@@ -221,7 +219,7 @@ def multi_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Ten
         pred = _batched(lambda s, x=x, c=ctx_t, n=sigma.expand(k): denoiser(
             x[s] * c[s], n[s], c[s], dom[s], cells, None if guess is None else guess[s]),
             k, batch)
-        w_t = omega(i / max(steps - 1, 1), omega_shape)
+        w_t = omega(i / max(steps - 1, 1))
         x0 = w_t * pred + (1 - w_t) * prior_mean[None]
         x0 = torch.where(obs, values[None], x0)
         sigma_next = sigmas[i + 1] if i + 1 < steps else torch.zeros((), device=dev)

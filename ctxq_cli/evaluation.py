@@ -24,9 +24,6 @@ from ctxq_cli.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-METRICS = ("rmse", "mae", "bias", "vrmse", "crps", "spread_skill", "coverage_50",
-           "coverage_90")
-
 
 @dataclass
 class Estimate:

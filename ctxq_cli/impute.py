@@ -104,8 +104,8 @@ class _Job:
 def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
                  domain: np.ndarray, ensemble: int = 32, steps: int = 1, seed: int = 0,
                  members: bool = False, device: torch.device = torch.device("cpu"),
-                 batch: int = 64, progress: bool = True, omega_shape: str = "linear",
-                 guided: bool = True, spread: Spread = Spread(), rho: float = 0.5,
+                 batch: int = 64, progress: bool = True, guided: bool = True,
+                 spread: Spread = Spread(), rho: float = 0.5,
                  guidance_weight: float = DEFAULT_CELL_WEIGHT, tiling: Tiling = Tiling(),
                  chunk: int | None = None, *, times: np.ndarray | None = None,
                  fill: slice | None = None) -> Imputation:
@@ -115,7 +115,7 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
     """
     parts = list(impute_chunks(model, lambda a, b: (values[a:b], observed[a:b]),
                                values.shape[0], domain, ensemble, steps, seed, members, device,
-                               batch, progress, omega_shape, guided, spread, rho,
+                               batch, progress, guided, spread, rho,
                                guidance_weight, tiling, chunk, times=times, fill=fill))
     return Imputation(
         mean=np.concatenate([p.mean for _, p in parts]),
@@ -130,8 +130,8 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
 def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
                   frames: int, domain: np.ndarray, ensemble: int = 32, steps: int = 1,
                   seed: int = 0, members: bool = False, device: torch.device = torch.device("cpu"),
-                  batch: int = 64, progress: bool = True, omega_shape: str = "linear",
-                  guided: bool = True, spread: Spread = Spread(), rho: float = 0.5,
+                  batch: int = 64, progress: bool = True, guided: bool = True,
+                 spread: Spread = Spread(), rho: float = 0.5,
                   guidance_weight: float = DEFAULT_CELL_WEIGHT, tiling: Tiling = Tiling(),
                   chunk: int | None = None, *, times: np.ndarray | None = None,
                   fill: slice | None = None) -> Iterator[tuple[int, Imputation]]:
@@ -185,8 +185,7 @@ def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndar
                          [(lo, hi) for _, _, lo, hi, _, _ in chunks])
     bar = progress_of((fill.stop - fill.start) * len(tiles), "impute", "frame", progress,
                       unit_scale=1 / len(tiles) if len(tiles) > 1 else 1)
-    context = _Context(model, domain, device, batch, guided, rho, guidance_weight, omega_shape,
-                       steps, seed)
+    context = _Context(model, domain, device, batch, guided, rho, guidance_weight, steps, seed)
     outside, empty = 0, []
     for a, b, lo, hi, first_pass, second_pass in chunks:
         values, observed = padded(lo, hi)
@@ -342,11 +341,11 @@ class _Context:
 
     def __init__(self, model: DenoiserModel, domain: np.ndarray, device: torch.device,
                  batch: int, guided: bool, rho: float, guidance_weight: float,
-                 omega_shape: str, steps: int, seed: int) -> None:
+                 steps: int, seed: int) -> None:
         self.model, self.domain, self.device, self.batch = model, domain, device, batch
         self.guided = guided and model.mask_prior is not None
         self.rho, self.guidance_weight = rho, guidance_weight
-        self.omega_shape, self.steps, self.seed = omega_shape, steps, seed
+        self.steps, self.seed = steps, seed
         self.denoiser = model.denoiser.to(device).eval()
         self.ratios: list[float] = []
 
@@ -426,7 +425,7 @@ class _Context:
             prior_mean = est.mean(dim=0)
             run(second_pass, 1, lambda r, wv, wo, g: multi_step(
                 self.denoiser, wv, wo, dom, prior_mean[r:r + win].reshape(win * c, hp, wp),
-                model.partition, model.schedule, self.steps, g, self.omega_shape, self.batch,
+                model.partition, model.schedule, self.steps, g, self.batch,
                 cells, guess(r, wv[None])))
         return est[..., :th, :tw].cpu().numpy()
 

@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from ctxq_cli import flags, record
 from ctxq_cli.cf import PACKING_ATTRS, Encoding, decode, encode
 from ctxq_cli.errors import CtxqError
+from ctxq_cli.record import file_format
 
 log = logging.getLogger(__name__)
 
@@ -153,28 +154,6 @@ def describe_times(times: np.ndarray | None, unit: str) -> str:
 
 # ----------------------------------------------------------------------------- reading
 
-def _check_readable(path: Path) -> None:
-    """Fail with one line unless ``path`` is a readable regular file."""
-    if not path.exists():
-        raise CtxqError(f"{path}: no such file")
-    if not path.is_file():
-        raise CtxqError(f"{path}: not a regular file")
-    if not os.access(path, os.R_OK):
-        raise CtxqError(f"{path}: permission denied")
-
-
-def file_format(path: Path) -> str:
-    """'netcdf' or 'npz', from the file's leading bytes."""
-    _check_readable(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:3] == b"CDF" or head[:8] == b"\x89HDF\r\n\x1a\n":
-        return "netcdf"
-    if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":
-        return "npz"
-    raise CtxqError(f"{path}: not a NetCDF or NPZ file")
-
-
 @contextlib.contextmanager
 def _open_netcdf(path: Path) -> Iterator[Any]:
     """Open a NetCDF file read-only with automatic decoding off (ctxq decodes itself)."""
@@ -191,10 +170,10 @@ def _open_netcdf(path: Path) -> Iterator[Any]:
         ds.close()
 
 
-def _read(path: Path, var: Any) -> np.ndarray:
-    """All values of a netCDF4 variable, raw; a read failure is a one-line error."""
+def _read(path: Path, var: Any, where: tuple[Any, ...] = (...,)) -> np.ndarray:
+    """Values of a netCDF4 variable (those at ``where``), raw; a read failure is one line."""
     try:
-        return var[...]
+        return var[where]
     except (RuntimeError, OSError, ValueError, IndexError) as exc:
         raise CtxqError(f"{path}: variable '{var.name}' cannot be read ({exc})") from None
 
@@ -552,13 +531,14 @@ def open_field(inputs: Inputs, variables: Sequence[str] | None = None,
         if quality is not None:
             raise CtxqError(f"{path}: a quality variable needs a NetCDF file (NPZ has none)")
         if selection:
-            raise CtxqError(f"{path}: --sel/--isel need a NetCDF file (NPZ has no named dims)")
+            raise CtxqError(f"{path}: --sel/--isel/--group need a NetCDF file (NPZ has no "
+                            "named dims or groups)")
         fld = _read_npz(path, variables, default)
         source = FieldSource(template=fld, frames=fld.values.shape[0],
                              reader=lambda a, b: (fld.values[a:b], fld.observed[a:b]))
     else:
-        source = record_source(record.open_parts(items), variables, default, quality,
-                               selection)
+        source = record_source(record.open_parts(items, selection), variables, default,
+                               quality, selection)
     if mask_path is not None:
         mask_path = Path(mask_path)
         source.mask, source.mask_path = mask_reader(mask_path, source), mask_path
@@ -582,7 +562,7 @@ def mask_reader(path: Path, source: FieldSource) -> Callable[[int, int], np.ndar
                         with _open_netcdf(path) as ds:
                             where = tuple(slice(a, b) if i == time_axis else slice(None)
                                           for i in range(len(dims)))
-                            raw = RawVariable(_read_slice(path, ds.variables[MASK_VARIABLE],
+                            raw = RawVariable(_read(path, ds.variables[MASK_VARIABLE],
                                                           where), attrs, dims, True)
                         return _mask_to_internal(path, MASK_VARIABLE,
                                                  _mask_values(path, MASK_VARIABLE, raw), dims)
@@ -594,14 +574,6 @@ def mask_reader(path: Path, source: FieldSource) -> Callable[[int, int], np.ndar
                         f"{whole.shape[-1]}) does not match data '{names[0]}' shape "
                         f"({source.frames}, {source.grid[0]}, {source.grid[1]})")
     return lambda a, b: whole if whole.shape[0] == 1 else whole[a:b]
-
-
-def _read_slice(path: Path, var: Any, where: tuple[Any, ...]) -> np.ndarray:
-    """Part of a netCDF4 variable, raw; a read failure is a one-line error."""
-    try:
-        return var[where]
-    except (RuntimeError, OSError, ValueError, IndexError) as exc:
-        raise CtxqError(f"{path}: variable '{var.name}' cannot be read ({exc})") from None
 
 
 def imputed_variables(path: Path | str) -> list[str]:

@@ -70,7 +70,7 @@ from scipy import ndimage
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ctxq_cli.partition import with_query
+from ctxq_cli.partition import uniform, with_query
 from ctxq_cli.unet import UNet, UNetConfig
 
 log = logging.getLogger(__name__)
@@ -157,11 +157,6 @@ def _normal(shape: tuple[int, ...], generator: torch.Generator, device: torch.de
     return torch.randn(shape, generator=generator, device=generator.device).to(device)
 
 
-def _uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
-    """U(0, 1) draws from an explicit generator (on the generator's device, then moved)."""
-    return torch.rand(shape, generator=generator, device=generator.device).to(device)
-
-
 def _batch_domain(domain: Tensor | None, b: int, h: int, w: int,
                   device: torch.device) -> Tensor:
     """Any domain form ((H, W), (1, H, W), (B, 1, H, W) or None) as bool (B, 1, H, W)."""
@@ -206,7 +201,7 @@ def mask_prior_loss(model: MaskPrior, masks: Tensor, domain: Tensor | None,
     m = config.multiple
     dom, masks = _pad(dom, m), _pad(masks & dom, m)
     target = _one_hot(masks, torch.float32)                         # (B, F, 2, H', W')
-    t = (torch.arange(b, device=dev) + _uniform((b,), generator, dev)) / b
+    t = (torch.arange(b, device=dev) + uniform((b,), generator, dev)) / b
     alpha, sigma = (v.view(-1, 1, 1, 1, 1) for v in alpha_sigma(t))
     x = alpha * config.scale * target + sigma * _normal(target.shape, generator, dev)
     probs = torch.softmax(model(x, t, dom), dim=2)
@@ -305,7 +300,7 @@ def sample_masks(model: MaskPrior, count: int, grid: tuple[int, int] | Tensor, s
     anchors = weights = None
     if guidance is not None:
         obs = guidance.observed.to(dev).bool().expand(count, f, h, w)
-        anchors = obs & (_uniform((count, f, h, w), generator, dev) < guidance.rho) & dom
+        anchors = obs & (uniform((count, f, h, w), generator, dev) < guidance.rho) & dom
         weights = guidance.weights(dom, f)
     out = []
     for lo in range(0, count, batch_size):

@@ -19,7 +19,7 @@ from ctxq_cli.data import Normalization
 from ctxq_cli.diffusion import Denoiser, NoiseSchedule
 from ctxq_cli.errors import CtxqError
 from ctxq_cli.maskprior import MaskPrior, MaskPriorConfig
-from ctxq_cli.partition import IntersectionPartition, Partition, build_partition
+from ctxq_cli.partition import Partition, build_partition
 from ctxq_cli.provenance import TrainingData
 from ctxq_cli.temporal import SmootherConfig
 from ctxq_cli.unet import UNetConfig
@@ -142,8 +142,9 @@ class DenoiserModel:
         if self.normalization.cell_mean is not None:
             extras["cell_mean"] = torch.from_numpy(self.normalization.cell_mean)
         meta = self.metadata()
-        if isinstance(self.partition, IntersectionPartition) and self.partition.pool is not None:
-            pool = self.partition.pool.numpy()
+        masks = self.partition.masks()
+        if masks is not None:   # boolean, stored bit-packed
+            pool = masks.cpu().numpy()
             extras["mask_pool"] = torch.from_numpy(np.packbits(pool.ravel()))
             meta["mask_pool_shape"] = list(pool.shape)
         if self.mask_prior is not None:

@@ -22,6 +22,10 @@ what it sees (used by the multi-step sampler) besides filling what it does not.
 
 Masks are boolean tensors of shape (B, F, H, W), F = frames × variables of a window.
 
+A new partition is one class with ``name``, ``sample``, ``config``, ``masks`` and the class
+methods ``for_training`` and ``from_config``, registered with :func:`register`: training
+(``--partition NAME``), option validation, saving and loading all read :data:`PARTITIONS`.
+
 References:
     Incomplete Data, Complete Dynamics: A Diffusion Approach (ICLR 2026), section 3.
 """
@@ -29,6 +33,7 @@ References:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -49,11 +54,36 @@ class Partition(Protocol):
         ...
 
     def config(self) -> dict[str, Any]:
-        """JSON-able parameters, enough to rebuild the partition."""
+        """JSON-able parameters, enough to rebuild the partition with its masks."""
+        ...
+
+    def masks(self) -> Tensor | None:
+        """Boolean masks the partition draws from, saved with it (bit-packed), or None."""
         ...
 
 
-def _uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
+@dataclass(frozen=True)
+class PartitionInputs:
+    """What a partition may be built from when training starts."""
+
+    ratio: float                                # share of observed cells kept in the context
+    overlap: float                              # share of context cells also queried
+    structure: MaskStructure                    # of the training masks
+    block_size: int | None = None               # asked for; None: from the structure
+    data_masks: Callable[[], Tensor] | None = None   # a pool of the data's window masks
+    prior_masks: Callable[[], Tensor] | None = None  # a pool drawn from a mask prior
+
+
+PARTITIONS: dict[str, Any] = {}     # name → partition class
+
+
+def register(cls: Any) -> Any:
+    """Make a partition class available by its ``name`` (a class decorator)."""
+    PARTITIONS[cls.name] = cls
+    return cls
+
+
+def uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
     """U(0, 1) draws from an explicit generator (on the generator's device, then moved)."""
     return torch.rand(shape, generator=generator, device=generator.device).to(device)
 
@@ -64,10 +94,11 @@ def with_query(observed: Tensor, context: Tensor, overlap: float,
     context = context & observed
     query = observed & ~context
     if overlap > 0:
-        query = query | (context & (_uniform(observed.shape, generator, observed.device) < overlap))
+        query = query | (context & (uniform(observed.shape, generator, observed.device) < overlap))
     return context, query
 
 
+@register
 @dataclass
 class PixelPartition:
     """Keep each observed cell in the context with probability ``ratio``."""
@@ -76,16 +107,31 @@ class PixelPartition:
     overlap: float = 0.0
     name: str = "pixel"
 
+    @classmethod
+    def for_training(cls, inputs: PartitionInputs) -> PixelPartition:
+        """The partition for a training run."""
+        return cls(ratio=inputs.ratio, overlap=inputs.overlap)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], masks: Tensor | None = None) -> PixelPartition:
+        """Rebuild from :meth:`config`."""
+        return cls(**config)
+
     def sample(self, observed: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Draw (context, query)."""
-        keep = _uniform(observed.shape, generator, observed.device) < self.ratio
+        keep = uniform(observed.shape, generator, observed.device) < self.ratio
         return with_query(observed, keep, self.overlap, generator)
 
     def config(self) -> dict[str, Any]:
         """Parameters for the checkpoint."""
         return asdict(self)
 
+    def masks(self) -> None:
+        """No masks to save."""
+        return None
 
+
+@register
 @dataclass
 class BlockPartition:
     """Drop square blocks of side ``size`` from the context with probability 1 − ``ratio``."""
@@ -95,12 +141,27 @@ class BlockPartition:
     overlap: float = 0.0
     name: str = "block"
 
+    @classmethod
+    def for_training(cls, inputs: PartitionInputs) -> BlockPartition:
+        """Blocks of the size asked for, else sized like the gaps."""
+        return cls(size=inputs.block_size or inputs.structure.block_size, ratio=inputs.ratio,
+                   overlap=inputs.overlap)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], masks: Tensor | None = None) -> BlockPartition:
+        """Rebuild from :meth:`config`."""
+        return cls(**config)
+
+    def masks(self) -> None:
+        """No masks to save."""
+        return None
+
     def sample(self, observed: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Draw (context, query); the block grid has a random offset per draw."""
         b, f, h, w = observed.shape
         s = max(1, self.size)
         nh, nw = -(-h // s) + 1, -(-w // s) + 1
-        keep = _uniform((b, f, nh, nw), generator, observed.device) < self.ratio
+        keep = uniform((b, f, nh, nw), generator, observed.device) < self.ratio
         # Upsample the block grid by indexing at a random offset: no round trip to the host.
         offset = torch.randint(0, s, (2,), generator=generator,
                                device=generator.device).to(observed.device)
@@ -114,6 +175,7 @@ class BlockPartition:
         return asdict(self)
 
 
+@register
 @dataclass
 class IntersectionPartition:
     """Context = M ∧ M' with M' from a pool: the data's own masks or draws from a mask prior."""
@@ -123,6 +185,23 @@ class IntersectionPartition:
     name: str = "empirical"
     _copies: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False,
                                        compare=False)
+
+    @classmethod
+    def for_training(cls, inputs: PartitionInputs) -> IntersectionPartition:
+        """A pool of the training data's own window masks."""
+        if inputs.data_masks is None:
+            raise ValueError("the empirical partition needs the data's masks")
+        return cls(pool=inputs.data_masks(), overlap=inputs.overlap)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any],
+                    masks: Tensor | None = None) -> IntersectionPartition:
+        """Rebuild from :meth:`config` and the saved pool."""
+        return cls(pool=masks, **{k: v for k, v in config.items() if k != "name"})
+
+    def masks(self) -> Tensor | None:
+        """The pool."""
+        return self.pool
 
     def sample(self, observed: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Draw (context, query) with a random pool mask, randomly placed if larger."""
@@ -158,6 +237,21 @@ class IntersectionPartition:
         return {"name": self.name, "overlap": self.overlap}
 
 
+@register
+@dataclass
+class PriorPartition(IntersectionPartition):
+    """The intersection with masks drawn from a learned mask prior (queries every cell)."""
+
+    name: str = "prior"
+
+    @classmethod
+    def for_training(cls, inputs: PartitionInputs) -> PriorPartition:
+        """A pool drawn from the mask prior."""
+        if inputs.prior_masks is None:
+            raise ValueError("the prior partition needs a mask prior")
+        return cls(pool=inputs.prior_masks(), overlap=inputs.overlap)
+
+
 def random_crop(masks: Tensor, h: int, w: int, generator: torch.Generator) -> Tensor:
     """Crop (N, F, H', W') masks to (N, F, h, w) at one random offset, padding if smaller."""
     n, f, ph, pw = masks.shape
@@ -172,17 +266,13 @@ def random_crop(masks: Tensor, h: int, w: int, generator: torch.Generator) -> Te
     return masks.index_select(2, rows).index_select(3, cols)
 
 
-def build_partition(config: dict[str, Any], pool: Tensor | None = None) -> Partition:
-    """Rebuild a partition from its config (and its mask pool for ``empirical``/``prior``)."""
-    params = {k: v for k, v in config.items() if k != "name"}
-    name = config["name"]
-    if name == "pixel":
-        return PixelPartition(**params)
-    if name == "block":
-        return BlockPartition(**params)
-    if name in ("empirical", "prior"):
-        return IntersectionPartition(pool=pool, name=name, **params)
-    raise ValueError(f"unknown partition '{name}'")
+def build_partition(config: dict[str, Any], masks: Tensor | None = None) -> Partition:
+    """Rebuild a partition from its config (and its saved masks, if it has any)."""
+    kind = PARTITIONS.get(config["name"])
+    if kind is None:
+        raise ValueError(f"unknown partition '{config['name']}' (known: "
+                         f"{', '.join(PARTITIONS)})")
+    return kind.from_config({k: v for k, v in config.items() if k != "name"}, masks)
 
 
 # ----------------------------------------------------------------------------- diagnostics

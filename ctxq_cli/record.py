@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,14 +90,16 @@ def _consolidated(store: Path) -> bool:
     return bool(meta.get("consolidated_metadata"))
 
 
-def open_dataset(path: Path) -> Any:
-    """A NetCDF file or zarr store as an undecoded, lazily read xarray Dataset."""
+def open_dataset(path: Path, group: str | None = None) -> Any:
+    """A NetCDF file or zarr store (or one of its groups) as an undecoded, lazily read xarray
+    Dataset."""
     import xarray as xr
 
     zarr = is_zarr(path)
     try:
         return xr.open_dataset(path, engine="zarr" if zarr else None, decode_cf=False,
                                mask_and_scale=False, decode_times=False, cache=False,
+                               group=group,
                                **({"consolidated": _consolidated(path)} if zarr else {}))
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
@@ -108,14 +111,18 @@ def open_dataset(path: Path) -> Any:
 
 @dataclass(frozen=True)
 class Selection:
-    """Elements chosen along extra dimensions: by coordinate value or by index."""
+    """What to read of each file: a NetCDF group, and one element of each extra dimension,
+    by coordinate value or by index."""
 
     by_value: tuple[tuple[str, str], ...] = ()
     by_index: tuple[tuple[str, int], ...] = ()
+    group: str | None = None
 
     @classmethod
-    def parse(cls, sel: Sequence[str] = (), isel: Sequence[str] = ()) -> Selection:
-        """From 'depth=0' strings (``--sel``: a value; ``--isel``: an index)."""
+    def parse(cls, sel: Sequence[str] = (), isel: Sequence[str] = (),
+              group: str | None = None) -> Selection:
+        """From 'depth=0' strings (``--sel``: a value; ``--isel``: an index) and a group path
+        ('/' or 'data/sst')."""
         def split(text: str, flag: str) -> tuple[str, str]:
             name, eq, value = text.partition("=")
             if not eq or not name.strip() or not value.strip():
@@ -134,14 +141,15 @@ class Selection:
         twice = [d for i, d in enumerate(dims) if d in dims[:i]]
         if twice:
             raise CtxqError(f"--sel/--isel: dimension '{twice[0]}' chosen twice")
-        return cls(by_value, tuple(by_index))
+        return cls(by_value, tuple(by_index), group.strip("/") or None if group else None)
 
     def __bool__(self) -> bool:
-        return bool(self.by_value or self.by_index)
+        return bool(self.by_value or self.by_index or self.group)
 
     def describe(self) -> str:
-        """'depth=0, member[2]' for logs and output attributes."""
-        return ", ".join([f"{d}={v}" for d, v in self.by_value] +
+        """'group data, depth=0, member[2]' for logs and output attributes."""
+        return ", ".join(([f"group {self.group}"] if self.group else []) +
+                         [f"{d}={v}" for d, v in self.by_value] +
                          [f"{d}[{i}]" for d, i in self.by_index])
 
     def apply(self, ds: Any, label: Path) -> Any:
@@ -322,7 +330,7 @@ class Part:
         if not self.reopen:
             yield self.dataset
             return
-        ds = open_dataset(self.label)
+        ds = open_dataset(self.label, self.selection.group if self.selection else None)
         try:
             yield self.selection.apply(ds, self.label) if self.selection else ds
         finally:
@@ -444,31 +452,37 @@ def _date(axis: TimeAxis | None, i: int) -> str:
 
 # ----------------------------------------------------------------------------- the record
 
-def open_parts(inputs: Sequence[str | Path]) -> list[Part]:
-    """Every file of the inputs, opened lazily."""
-    paths = expand(inputs)
+def open_parts(inputs: Sequence[str | Path], selection: Selection | None = None) -> list[Part]:
+    """Every file of the inputs (the group ``selection`` names), opened lazily."""
+    group = selection.group if selection else None
     parts = []
-    for path in paths:
-        if not is_zarr(path):
-            _check_netcdf(path)
-        parts.append(Part(path, open_dataset(path), default_fill=not is_zarr(path)))
+    for path in expand(inputs):
+        if not is_zarr(path) and file_format(path) == "npz":
+            raise CtxqError(f"{path}: an NPZ file cannot be combined with other files")
+        parts.append(Part(path, open_dataset(path, group), default_fill=not is_zarr(path)))
     return parts
 
 
-def _check_netcdf(path: Path) -> None:
-    """A readable NetCDF file, or one line saying what it is instead."""
-    import os
-
+def check_readable(path: Path) -> None:
+    """Fail with one line unless ``path`` is a readable regular file."""
+    if not path.exists():
+        raise CtxqError(f"{path}: no such file")
     if not path.is_file():
         raise CtxqError(f"{path}: not a regular file")
     if not os.access(path, os.R_OK):
         raise CtxqError(f"{path}: permission denied")
+
+
+def file_format(path: Path) -> str:
+    """'netcdf' or 'npz', from the file's leading bytes."""
+    check_readable(path)
     with open(path, "rb") as f:
         head = f.read(8)
-    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        raise CtxqError(f"{path}: an NPZ file cannot be combined with other files")
-    if head[:3] != b"CDF" and head[:8] != b"\x89HDF\r\n\x1a\n":
-        raise CtxqError(f"{path}: not a NetCDF or NPZ file")
+    if head[:3] == b"CDF" or head[:8] == b"\x89HDF\r\n\x1a\n":
+        return "netcdf"
+    if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":
+        return "npz"
+    raise CtxqError(f"{path}: not a NetCDF or NPZ file")
 
 
 def without_packing(attrs: dict[str, Any]) -> dict[str, Any]:

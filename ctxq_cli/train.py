@@ -50,10 +50,9 @@ from ctxq_cli.maskprior import (
 )
 from ctxq_cli.model import DenoiserModel, MaskPriorModel
 from ctxq_cli.partition import (
-    BlockPartition,
-    IntersectionPartition,
+    PARTITIONS,
     Partition,
-    PixelPartition,
+    PartitionInputs,
     choose_partition,
     mask_structure,
 )
@@ -63,6 +62,9 @@ from ctxq_cli.unet import UNetConfig
 from ctxq_cli.withhold import calibration_cells, mask_fingerprint
 
 log = logging.getLogger(__name__)
+
+
+TEMPORAL = ("smoother", "none")   # first guesses from the whole record a denoiser can use
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,14 @@ class TrainOptions(LoopOptions):
     pool_size: int = 512
     prior_steps: int = 10         # ODE steps per mask drawn from a mask prior
 
+    def __post_init__(self) -> None:
+        choices = {"temporal": TEMPORAL, "partition": ("auto", *PARTITIONS),
+                   "normalization": ("cell", "variable")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"TrainOptions.{name} must be one of {', '.join(allowed)}, "
+                                 f"not '{getattr(self, name)}'")
+
 
 @dataclass(frozen=True)
 class MaskPriorOptions(LoopOptions):
@@ -139,28 +149,29 @@ def make_partition(options: TrainOptions, observed: np.ndarray, domain: np.ndarr
     """The partition named by the options, or the one ``auto`` picks from the masks."""
     masks = observed.any(axis=1)  # (T, H, W): a cell is observed if any variable is
     structure = mask_structure(masks, domain)
-    name, ratio, overlap = options.partition, options.context_ratio, options.overlap
-    if name == "pixel":
-        return PixelPartition(ratio=ratio, overlap=overlap), "chosen with --partition"
-    if name == "block":
-        size = options.block_size or structure.block_size
-        return BlockPartition(size=size, ratio=ratio, overlap=overlap), "chosen with --partition"
-    if name == "empirical":
-        pool = windows.mask_pool(options.pool_size, generator)
-        return IntersectionPartition(pool=pool, overlap=overlap), "chosen with --partition"
-    if name == "prior":
-        if mask_prior is None:
-            raise CtxqError("--partition prior needs --mask-prior FILE (see train-mask-prior)")
+    if options.partition == "auto":
+        return choose_partition(structure, options.context_ratio, options.overlap)
+
+    def prior_masks() -> Tensor:
+        assert mask_prior is not None
         start = time.perf_counter()
         prior_domain = torch.from_numpy(mask_prior.domain).to(windows.domain.device)
         pool = draw_pool(mask_prior.network.to(prior_domain.device), options.pool_size,
-                         prior_domain,
-                         options.prior_steps, generator)
+                         prior_domain, options.prior_steps, generator)
         log.info("drew %d masks from the mask prior in %.1f s", len(pool),
                  time.perf_counter() - start)
-        return (IntersectionPartition(pool=pool, overlap=overlap, name="prior"),
-                "chosen with --partition")
-    return choose_partition(structure, ratio, overlap)
+        return pool
+
+    inputs = PartitionInputs(
+        ratio=options.context_ratio, overlap=options.overlap, structure=structure,
+        block_size=options.block_size,
+        data_masks=lambda: windows.mask_pool(options.pool_size, generator),
+        prior_masks=prior_masks if mask_prior is not None else None)
+    try:
+        partition = PARTITIONS[options.partition].for_training(inputs)
+    except ValueError as exc:
+        raise CtxqError(f"partition {options.partition}: {exc}") from None
+    return partition, "chosen with --partition"
 
 
 def _lr_factor(progress: float, step: int, warmup: int) -> float:
@@ -230,7 +241,6 @@ def split_windows(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
     return everything.subset(train), everything.subset(val)
 
 
-TEMPORAL = ("smoother", "none")   # first guesses from the whole record a denoiser can use
 
 
 def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
@@ -243,9 +253,6 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
 
     ``times`` (T,) are the frames' times in ``time_unit`` (default: 0, 1, 2, … frames).
     """
-    if options.temporal not in TEMPORAL:
-        raise CtxqError(f"--temporal must be one of {', '.join(TEMPORAL)}, not "
-                        f"'{options.temporal}'")
     torch.manual_seed(options.seed)
     gen = torch.Generator(device=device).manual_seed(options.seed)
     times = np.arange(len(values), dtype=np.float64) if times is None else np.asarray(

@@ -4,7 +4,7 @@ import netCDF4
 import numpy as np
 import pytest
 
-from ctxq_cli import io, record
+from ctxq_cli import api, io, record
 from ctxq_cli.errors import CtxqError
 
 from conftest import smooth_field, write_nc
@@ -153,7 +153,48 @@ def test_reading_a_range_opens_only_the_files_it_needs(tmp_path, monkeypatch):
     source = io.open_field(str(tmp_path / "d*.nc"))
     opened = []
     real = record.open_dataset
-    monkeypatch.setattr(record, "open_dataset", lambda p: opened.append(p.name) or real(p))
+    monkeypatch.setattr(record, "open_dataset", lambda p, *rest: opened.append(p.name) or real(p, *rest))
     vals, _ = source.read(4, 8)
     assert opened == ["d1.nc", "d2.nc"]
     assert vals[:, 0].tobytes() == values[4:8].tobytes()
+
+
+def test_files_in_a_model_calendar_join_in_that_calendar_from_files_and_from_xarray(tmp_path):
+    xr = pytest.importorskip("xarray")
+    values = smooth_field(4, 5, 6)
+    for name, part, units, days in (("a.nc", values[:2], "days since 2000-02-27", [0, 1]),
+                                    ("b.nc", values[2:], "days since 2000-03-01", [-1, 0])):
+        daily_file(tmp_path / name, part, 0, units=units)
+        with netCDF4.Dataset(tmp_path / name, "a") as ds:
+            ds["time"].calendar = "noleap"
+            ds["time"][:] = days
+    # a.nc: Feb 27 and 28; b.nc: Feb 28 again and Mar 1.
+    with pytest.raises(CtxqError, match="repeats"):
+        io.open_field(str(tmp_path / "*.nc"))
+    with netCDF4.Dataset(tmp_path / "b.nc", "a") as ds:
+        ds["time"][:] = [0, 1]                                 # Mar 1 and Mar 2
+    fld = io.read_field(str(tmp_path / "*.nc"))
+    np.testing.assert_array_equal(fld.times()[0], [0.0, 1.0, 2.0, 3.0])    # no Feb 29
+    assert fld.values[:, 0].tobytes() == values.tobytes()
+    with xr.open_dataset(tmp_path / "a.nc", use_cftime=True) as a, \
+            xr.open_dataset(tmp_path / "b.nc", use_cftime=True) as b:
+        joined = xr.concat([a["sst"], b["sst"]], "time")
+        source = api.open_record(joined)
+    np.testing.assert_array_equal(source.template.times()[0], [0.0, 1.0, 2.0, 3.0])
+
+
+def test_variables_in_a_netcdf4_group_are_read_with_group(tmp_path):
+    values = smooth_field(3, 4, 5)
+    path = tmp_path / "grouped.nc"
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.title = "root"
+        g = ds.createGroup("geophysical_data")
+        for d, n in zip(("time", "lat", "lon"), values.shape):
+            g.createDimension(d, n)
+        g.createVariable("sst", "f4", ("time", "lat", "lon"))[:] = values
+    with pytest.raises(CtxqError, match="no data variable"):
+        io.open_field(path)
+    fld = io.read_field(path, selection=record.Selection.parse(group="/geophysical_data"))
+    assert fld.names == ["sst"] and fld.values[:, 0].tobytes() == values.tobytes()
+    with pytest.raises(CtxqError, match="grouped.nc: cannot be read as NetCDF"):
+        io.open_field(path, selection=record.Selection.parse(group="nope"))
