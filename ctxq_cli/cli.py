@@ -352,8 +352,8 @@ def impute(
         "--output", "-o",
         help="Output file (default: the input's name with _imputed, as .nc or .npz).")] = None,
     output_dir: Annotated[Path | None, typer.Option(
-        "--output-dir", help="Write one output per input file into this directory, named like "
-        "it with _imputed (daily files in, daily files out).")] = None,
+        "--output-dir", help="Write one output per input file into this directory (created "
+        "if missing), named like it with _imputed (daily files in, daily files out).")] = None,
     sel: SelOpt = None,
     isel: IselOpt = None,
     group: GroupOpt = None,
@@ -475,8 +475,12 @@ def _per_file_outputs(directory: Path, inputs: list[Path], overwrite: bool,
     """One output per input file in ``directory``, checked before any work."""
     from ctxq_cli import io
 
-    if not directory.is_dir():
-        raise CtxqError(f"{directory}: --output-dir must be an existing directory")
+    if directory.exists() and not directory.is_dir():
+        raise CtxqError(f"{directory}: --output-dir exists and is not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CtxqError(f"{directory}: cannot create --output-dir ({exc.strerror})") from None
     outputs = [directory / f"{p.stem}_imputed.nc" for p in inputs]
     seen: dict[Path, Path] = {}
     for out, inp in zip(outputs, inputs):

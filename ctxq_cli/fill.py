@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 AUTO_TILE_ABOVE = 512     # grids up to this many cells a side go through the network whole
 AUTO_TILE = 256
-CHUNK_BYTES = 1 << 30     # rough budget for a chunk's ensemble arrays
+CHUNK_BYTES = 1 << 28     # rough budget for a chunk's ensemble arrays (256 MiB)
 CHECK_FRAMES = 64         # frames whose values are compared with the training data's
 
 
@@ -149,7 +149,9 @@ def fill_record(model: Any, source: io.FieldSource, open_output: OpenOutput,
 def auto_chunk(ensemble: int, channels: int, grid: tuple[int, int], window: int,
                members: bool) -> int:
     """Frames per chunk that keep the ensemble's arrays of a chunk near CHUNK_BYTES."""
-    per_frame = ensemble * channels * grid[0] * grid[1] * 4 * (4 if members else 3)
+    # About eight float32 arrays of the ensemble's size per frame (members, their mean and
+    # spread, the smoother's states, the network's inputs), measured on a record of daily files.
+    per_frame = ensemble * channels * grid[0] * grid[1] * 4 * (9 if members else 8)
     return max(4 * window, CHUNK_BYTES // per_frame)
 
 

@@ -153,7 +153,8 @@ def test_reading_a_range_opens_only_the_files_it_needs(tmp_path, monkeypatch):
     source = io.open_field(str(tmp_path / "d*.nc"))
     opened = []
     real = record.open_dataset
-    monkeypatch.setattr(record, "open_dataset", lambda p, *rest: opened.append(p.name) or real(p, *rest))
+    monkeypatch.setattr(record, "open_dataset",
+                        lambda p, *rest: opened.append(p.name) or real(p, *rest))
     vals, _ = source.read(4, 8)
     assert opened == ["d1.nc", "d2.nc"]
     assert vals[:, 0].tobytes() == values[4:8].tobytes()

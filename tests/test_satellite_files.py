@@ -202,10 +202,14 @@ def test_several_inputs_need_a_named_output_and_per_file_outputs_are_all_or_noth
     result = run("impute", *files[:6], "--checkpoint", den)
     assert result.exit_code == 1 and "6 input files: name the output with --output" in \
         result.output
-    out_dir = tmp_path / "out"
-    result = run("impute", *files[:6], "--checkpoint", den, "--output-dir", out_dir)
-    assert result.exit_code == 1 and "must be an existing directory" in result.output
-    out_dir.mkdir()
+    (tmp_path / "a_file").write_text("")
+    result = run("impute", *files[:6], "--checkpoint", den, "--output-dir", tmp_path / "a_file")
+    assert result.exit_code == 1 and "exists and is not a directory" in result.output
+    out_dir = tmp_path / "out" / "daily"  # created, parents included, as mkdir -p would
+    result = run("impute", *files[:2], "--checkpoint", den, "--output-dir", out_dir)
+    assert result.exit_code == 0 and len(list(out_dir.iterdir())) == 2
+    for p in out_dir.iterdir():
+        p.unlink()
     (out_dir / f"{files[3].stem}_imputed.nc").write_text("earlier result")
     result = run("impute", *files[:6], "--checkpoint", den, "--output-dir", out_dir)
     assert result.exit_code == 1 and "output exists (use --overwrite" in result.output
