@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from ctxq_cli import io, record
+from ctxq_cli import layout, masks, reading, record, writing
 from ctxq_cli.cf import encode
-from ctxq_cli.errors import CtxqError
+from ctxq_cli.errors import CtxqError, OptionError
 from ctxq_cli.fill import ImputeOptions, fill_record
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def load_model(path: str | Path, on: str = "auto") -> Any:
 def open_record(data: Any, variables: Sequence[str] | None = None, *,
                 mask: str | Path | None = None, default: Sequence[str] = (),
                 quality: Any = None, selection: record.Selection | None = None
-                ) -> io.FieldSource:
+                ) -> reading.FieldSource:
     """A record to read frames from: a file, files, a glob, a directory, a zarr store, an
     xarray DataArray or Dataset, or a numpy array (T, H, W) or (T, C, H, W), NaN = missing."""
     import xarray as xr
@@ -67,11 +67,11 @@ def open_record(data: Any, variables: Sequence[str] | None = None, *,
         if selection is not None and selection.group:
             raise ValueError("a group is chosen in files; pass the group's Dataset instead")
         part = record.xarray_part(data)
-        source = io.record_source([part], variables, default, quality, selection)
+        source = reading.record_source([part], variables, default, quality, selection)
         if mask is not None:
-            source.mask, source.mask_path = io.mask_reader(Path(mask), source), Path(mask)
+            source.mask, source.mask_path = masks.mask_reader(Path(mask), source), Path(mask)
         return source
-    return io.open_field(data, variables, mask, default, quality, selection)
+    return reading.open_field(data, variables, mask, default, quality, selection)
 
 
 def _from_numpy(values: np.ndarray, variables: Sequence[str] | None) -> Any:
@@ -118,7 +118,7 @@ def impute(data: Any, model: Any | str | Path, variables: Sequence[str] | None =
 
 
 class DatasetOutput:
-    """An output that gathers a record's frames into an xarray Dataset (see io.OutputWriter).
+    """An output that gathers a record's frames into an xarray Dataset (see writing.OutputWriter).
 
     Arrays are encoded as they would be written to NetCDF and then decoded by xarray, so that
     the Dataset equals what ``xarray.open_dataset`` reads from ``ctxq impute``'s file.
@@ -126,13 +126,13 @@ class DatasetOutput:
 
     def __init__(self) -> None:
         self.dataset: Any = None
-        self.template: io.Field | None = None
-        self.variables: dict[str, io.OutputVariable] = {}
+        self.template: reading.Field | None = None
+        self.variables: dict[str, writing.OutputVariable] = {}
         self.arrays: dict[str, np.ndarray] = {}
         self.attrs: dict[str, Any] = {}
 
     @contextlib.contextmanager
-    def open(self, template: io.Field, variables: list[io.OutputVariable]
+    def open(self, template: reading.Field, variables: list[writing.OutputVariable]
              ) -> Iterator[DatasetOutput]:
         """Receive the record's frames; the Dataset is built when the block completes."""
         self.template, self.variables = template, {v.name: v for v in variables}
@@ -150,7 +150,7 @@ class DatasetOutput:
             var = self.variables[name]
             members = values if var.member_dim else values[None]
             for i, member in enumerate(members):
-                disk = record.to_disk(member, _with_frames(self.template, len(member)), axis)
+                disk = layout.to_disk(member, _with_frames(self.template, len(member)), axis)
                 where: list[Any] = [slice(None)] * disk.ndim
                 if axis is not None:
                     where[axis] = slice(start, start + member.shape[0])
@@ -170,24 +170,24 @@ class DatasetOutput:
 
         template = self.template
         assert template is not None
-        out = xr.Dataset(attrs={**template.global_attrs, **self.attrs,
-                                "history": io.history_line("ctxq_cli.api.impute", __version__)})
+        history = writing.history_line("ctxq_cli.api.impute", __version__)
+        out = xr.Dataset(attrs={**template.global_attrs, **self.attrs, "history": history})
         if any(v.member_dim for v in self.variables.values()):
             k = next(len(a) for n, a in self.arrays.items() if self.variables[n].member_dim)
-            out[io.MEMBER_DIM] = xr.Variable((io.MEMBER_DIM,), np.arange(k, dtype=np.int32),
-                                             {"standard_name": "realization",
-                                              "long_name": "ensemble member"})
+            dim = writing.MEMBER_DIM
+            out[dim] = xr.Variable((dim,), np.arange(k, dtype=np.int32),
+                                   {"standard_name": "realization", "long_name": "ensemble member"})
         for coord in template.coords:
             out[coord.name] = xr.Variable(coord.dims, coord.values, coord.attrs)
         for name, var in self.variables.items():
-            dims = ((io.MEMBER_DIM,) if var.member_dim else ()) + tuple(template.dims)
+            dims = ((writing.MEMBER_DIM,) if var.member_dim else ()) + tuple(template.dims)
             attrs = {**var.encoding.attrs,
                      **{k: v for k, v in var.attrs.items() if k not in PACKING_ATTRS}}
             out[name] = xr.Variable(dims, self.arrays[name], attrs)
         return xr.decode_cf(out)
 
 
-def _with_frames(template: io.Field, frames: int) -> tuple[int, ...]:
+def _with_frames(template: reading.Field, frames: int) -> tuple[int, ...]:
     """The template's on-disk shape with ``frames`` frames."""
     axis = template.time_axis
     return tuple(frames if i == axis else n for i, n in enumerate(template.shape))
@@ -206,28 +206,68 @@ def train_denoiser(data: Any, variables: Sequence[str] | None = None, *,
     source = open_record(data, variables, mask=mask, quality=quality, selection=selection)
     fld = source.template
     fld.values, fld.observed = source.read(0, source.frames)
-    dom = io.observed_domain(fld.observed) if domain is None else np.asarray(domain, bool)
+    dom = masks.observed_domain(fld.observed) if domain is None else np.asarray(domain, bool)
     model = train_field(fld, dom, TrainOptions(**options), device(on), progress=progress)
     if output is not None:
         model.save(output)
     return model
 
 
-def train_field(fld: io.Field, domain: np.ndarray, options: Any, on: Any,
+def read_training_record(data: Any, read: reading.ReadOptions = reading.ReadOptions()
+                         ) -> tuple[reading.Field, np.ndarray]:
+    """A record read whole, and its domain: the domain file's, or the cells observed at
+    least once."""
+    fld = reading.read_field(data, read.variables, read.mask, quality=read.quality,
+                             selection=read.selection)
+    log.info("%s: %s", fld.path, fld.describe())
+    dom = read.read_domain(fld.grid)
+    if dom is None:
+        dom = masks.observed_domain(fld.observed)
+    outside = int((~dom).sum())
+    if outside:
+        log.info("%d of %d grid cells are outside the domain (%s); they stay fill", outside,
+                 dom.size, "from the domain file" if read.domain else "never observed")
+    return fld, dom
+
+
+def check_trainable(fld: reading.Field, options: Any) -> None:
+    """A record to train on has observations and at least a window's frames."""
+    if not fld.observed.any():
+        raise CtxqError(f"{fld.path}: variable '{fld.names[0]}' has no observed value at "
+                        "all; nothing to learn from")
+    if fld.frames < options.window:
+        raise OptionError(f"{fld.path}: {fld.frames} frames, fewer than "
+                          f"{type(options).__name__}.window {options.window}")
+
+
+def train_mask_prior_field(fld: reading.Field, domain: np.ndarray, options: Any, on: Any,
+                           log_file: Any = None, progress: bool = False,
+                           control: Any = None) -> Any:
+    """A mask prior trained on a field's observation masks."""
+    from ctxq_cli.train import train_mask_prior
+
+    check_trainable(fld, options)
+    from ctxq_cli.maskprior import fidelity_table
+
+    model = train_mask_prior(fld.observed, domain, options, on, log_file, progress, control)
+    model.training["data"] = str(fld.path)
+    log.info("real masks vs masks sampled from the prior (%d windows each):\n%s",
+             model.fidelity["samples"], fidelity_table(model.fidelity))
+    return model
+
+
+def train_field(fld: reading.Field, domain: np.ndarray, options: Any, on: Any,
                 log_file: Any = None, progress: bool = False, control: Any = None,
                 prior: Any = None) -> Any:
     """A denoiser trained on a field read whole, knowing what data it was trained on."""
     from ctxq_cli import provenance
     from ctxq_cli.train import train_denoiser as train
 
-    if not fld.observed.any():
-        raise CtxqError(f"{fld.path}: variable '{fld.names[0]}' has no observed value at "
-                        "all; nothing to learn from")
-    if fld.frames < options.window:
-        raise CtxqError(f"{fld.path}: {fld.frames} frames, fewer than the window "
-                        f"{options.window}")
+    check_trainable(fld, options)
+    if (options.partition == "prior") != (prior is not None):
+        raise OptionError("TrainOptions.partition 'prior' and a mask prior go together")
     times, unit = fld.times()
-    log.info("%s: %s", fld.path, io.describe_times(times, unit))
+    log.info("%s: %s", fld.path, reading.describe_times(times, unit))
     model = train(fld.values, fld.observed, domain, fld.names, options, on, log_file,
                   progress, control, prior, times=times, time_unit=unit)
     model.training["data"] = str(fld.path)

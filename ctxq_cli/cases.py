@@ -13,16 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from ctxq_cli import evaluation, io, record
+from ctxq_cli import evaluation, masks, reading, record
 from ctxq_cli.errors import CtxqError
 
 log = logging.getLogger(__name__)
 
 
-def read_truth(truth: Path, fld: io.Field, selection: record.Selection | None = None
-               ) -> io.Field:
+def read_truth(truth: Path, fld: reading.Field, selection: record.Selection | None = None
+               ) -> reading.Field:
     """The reference field for ``fld``: its variables, of its shape."""
-    ref = io.read_field(truth, fld.names, selection=selection)
+    ref = reading.read_field(truth, fld.names, selection=selection)
     if ref.values.shape != fld.values.shape:
         raise CtxqError(f"{truth}: shape {ref.values.shape} does not match {fld.path} "
                         f"{fld.values.shape}")
@@ -33,16 +33,16 @@ def imputed_file(data: Sequence[Path], truth: Path, mask: Path | None,
                  variables: Sequence[str] | None,
                  selection: record.Selection | None = None) -> evaluation.Case:
     """A filled file scored against the truth on its filled (or ``mask``'s missing) cells."""
-    written = io.imputed_variables(record.expand(data)[0])
-    est = io.read_field(data, variables or written or None, selection=selection)
+    written = reading.imputed_variables(record.expand(data)[0])
+    est = reading.read_field(data, variables or written or None, selection=selection)
     by_ctxq = all(n in written for n in est.names)
-    flags = (io.read_field(data, [f"{n}_flag" for n in est.names], selection=selection)
+    flags = (reading.read_field(data, [f"{n}_flag" for n in est.names], selection=selection)
              if by_ctxq else None)
-    std = (io.read_field(data, [f"{n}_std" for n in est.names], selection=selection).values
+    std = (reading.read_field(data, [f"{n}_std" for n in est.names], selection=selection).values
            if by_ctxq else None)
     ref = read_truth(truth, est, selection)
     if mask is not None:
-        seen = io.read_mask(mask, est.names).astype(bool)
+        seen = masks.read_mask(mask, est.names).astype(bool)
         if seen.shape[-2:] != est.grid or seen.shape[0] not in (1, est.frames):
             raise CtxqError(f"{mask}: mask shape {seen.shape} does not match {est.path} "
                             f"{est.values.shape}")
@@ -72,15 +72,32 @@ class Withholding:
     seed: int = 0
 
 
-def cross_validation(fld: io.Field, model: Any, checkpoint: Path, domain: np.ndarray | None,
-                     truth: Path | None, withholding: Withholding, ensemble: int, steps: int,
-                     batch_size: int, device: Any, progress: bool, calibrate: bool,
-                     selection: record.Selection | None = None) -> evaluation.Case:
-    """A model's fill of ``fld`` with some observations hidden, scored on them (or on the
-    gaps against ``truth``)."""
+def from_checkpoint(data: Sequence[Path], checkpoint: Path, device: Any, options: Any,
+                    read: reading.ReadOptions = reading.ReadOptions(), *,
+                    truth: Path | None = None, withhold: float | None = None,
+                    pattern: str = "mask", progress: bool = False) -> evaluation.Case:
+    """Read a record and a model and fill it with ``withhold`` of the observations hidden
+    (by default a tenth without ``truth``, none with it); see :func:`cross_validation`."""
+    from ctxq_cli.model import DenoiserModel
+
+    model = DenoiserModel.load(checkpoint, device)
+    fld = reading.read_field(data, read.variables, read.mask, default=model.variables,
+                             quality=read.quality, selection=read.selection)
+    log.info("%s: %s", fld.path, fld.describe())
+    fraction = withhold if withhold is not None else (0.0 if truth else 0.1)
+    return cross_validation(fld, model, checkpoint, read.read_domain(fld.grid), truth,
+                            Withholding(fraction, pattern, options.seed), options, device,
+                            progress, read.selection)
+
+
+def cross_validation(fld: reading.Field, model: Any, checkpoint: Path, domain: np.ndarray | None,
+                     truth: Path | None, withholding: Withholding, options: Any, device: Any,
+                     progress: bool = False, selection: record.Selection | None = None
+                     ) -> evaluation.Case:
+    """A model's fill of ``fld`` (with :class:`~ctxq_cli.fill.ImputeOptions` ``options``) with
+    some observations hidden, scored on them (or on the gaps against ``truth``)."""
     from ctxq_cli.fill import check_record, imputation_domain, model_times
-    from ctxq_cli.impute import calibrate_spread, impute_field
-    from ctxq_cli.spread import Spread
+    from ctxq_cli.impute import impute_calibrated
     from ctxq_cli.withhold import withhold as hide
 
     check_record(fld, model, fld.path, (fld.values, fld.observed), checkpoint=str(checkpoint))
@@ -105,11 +122,9 @@ def cross_validation(fld: io.Field, model: Any, checkpoint: Path, domain: np.nda
     values = np.where(kept, fld.values, 0)      # hidden values never reach any method
     times = model_times(fld, model)
     start = time.perf_counter()
-    scale = (calibrate_spread(model, lambda a, b: (values[a:b], kept[a:b]), len(values), dom,
-                              ensemble, seed, device=device, batch=batch_size, times=times)
-             if calibrate and steps == 1 else Spread())
-    result = impute_field(model, values, kept, dom, ensemble, steps, seed, True, device,
-                          batch_size, progress, spread=scale, times=times)
+    ensemble, steps = options.ensemble, options.steps
+    result, _ = impute_calibrated(model, values, kept, dom, ensemble, steps, seed, device,
+                                  options.batch_size, progress, options.calibrate, times=times)
     ctxq = evaluation.Estimate("ctxq", result.mean, std=result.std, members=result.members,
                                seconds=time.perf_counter() - start)
     return evaluation.Case(

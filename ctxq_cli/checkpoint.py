@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from ctxq_cli import __version__
 from ctxq_cli.errors import CtxqError
-from ctxq_cli.io import atomic_path
+from ctxq_cli.safe_output import atomic_path
 
 METADATA_KEY = "ctxq"
 EXTRA = "extra."

@@ -7,5 +7,10 @@ class CtxqError(Exception):
     """A problem with the user's input or options; reported as one line, never a traceback."""
 
 
+class OptionError(CtxqError, ValueError):
+    """An invalid option. The text names it as ``Kind.field`` (``TrainOptions.window``); the
+    command line shows the field's flag instead (``--window``)."""
+
+
 class Interrupted(CtxqError):
     """Training stopped by a signal after writing a resumable state; exit code 75."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from ctxq_cli import baselines, metrics
 from ctxq_cli.errors import CtxqError
-from ctxq_cli.io import atomic_path
+from ctxq_cli.safe_output import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,14 @@ def run_baseline(name: str, values: np.ndarray, observed: np.ndarray, domain: np
     estimate.seconds = time.perf_counter() - start
     log.info("%s: %.1f s", name, estimate.seconds)
     return estimate
+
+
+def evaluate(case: Case, baseline_names: list[str], seed: int = 0) -> dict[str, Any]:
+    """Run the baselines on the case's observations and score every method on its cells."""
+    for name in baseline_names:
+        case.estimates.append(run_baseline(name, case.observed_values, case.observed,
+                                           case.domain, seed, case.times))
+    return score(case.estimates, case.reference, case.cells, case.valid, case.variables)
 
 
 def _scores(estimate: Estimate, truth: np.ndarray, cells: np.ndarray, valid: np.ndarray,

@@ -14,12 +14,14 @@ import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ctxq_cli import io
+from ctxq_cli import reading, safe_output, writing
 from ctxq_cli.errors import CtxqError
+from ctxq_cli.options import Options, option
 
 log = logging.getLogger(__name__)
 
@@ -30,41 +32,24 @@ CHECK_FRAMES = 64         # frames whose values are compared with the training d
 
 
 @dataclass(frozen=True)
-class ImputeOptions:
+class ImputeOptions(Options):
     """How to fill: ensemble size, sampler steps, seed, batching, guidance, tiling, chunking
-    and calibration. Invalid values raise ValueError naming the field."""
+    and calibration. Invalid values raise OptionError (a ValueError) naming the field."""
 
-    ensemble: int = 32
-    steps: int = 1
-    seed: int = 0
+    ensemble: int = option(32, ge=1, integer=True)
+    steps: int = option(1, ge=1, integer=True)
+    seed: int = option(0, integer=True)
     members: bool = False
-    batch_size: int = 64
+    batch_size: int = option(64, ge=1, integer=True)
     guided: bool = True
-    guidance_rho: float = 0.5
-    guidance_weight: float = 0.03
+    guidance_rho: float = option(0.5, ge=0, le=1)
+    guidance_weight: float = option(0.03, ge=0)
     calibrate: bool = True
-    tile: int | None = None
-    tile_overlap: int = 32
+    tile: int | None = option(None, ge=8, integer=True)
+    tile_overlap: int = option(32, ge=0, integer=True)
     wrap_lon: bool = False
-    chunk: int | None = None
+    chunk: int | None = option(None, ge=1, integer=True)
     allow_other_grid: bool = False
-
-    def __post_init__(self) -> None:
-        positive = {"ensemble": self.ensemble, "steps": self.steps,
-                    "batch_size": self.batch_size, "chunk": self.chunk}
-        for name, value in positive.items():
-            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
-                raise ValueError(f"ImputeOptions.{name} must be a positive integer, got {value!r}")
-        if self.tile is not None and self.tile < 8:
-            raise ValueError(f"ImputeOptions.tile must be at least 8 cells, got {self.tile}")
-        if self.tile_overlap < 0:
-            raise ValueError(f"ImputeOptions.tile_overlap must be ≥ 0, got {self.tile_overlap}")
-        if not 0 <= self.guidance_rho <= 1:
-            raise ValueError(f"ImputeOptions.guidance_rho must be in [0, 1], got "
-                             f"{self.guidance_rho}")
-        if self.guidance_weight < 0:
-            raise ValueError(f"ImputeOptions.guidance_weight must be ≥ 0, got "
-                             f"{self.guidance_weight}")
 
 
 @dataclass
@@ -76,11 +61,11 @@ class FillReport:
     never_observed: int = 0
 
 
-Writer = Any     # io.OutputWriter-like: write(start, arrays), attributes(attrs)
-OpenOutput = Callable[[io.Field, list[io.OutputVariable]], AbstractContextManager[Writer]]
+Writer = Any     # writing.OutputWriter-like: write(start, arrays), attributes(attrs)
+OpenOutput = Callable[[reading.Field, list[writing.OutputVariable]], AbstractContextManager[Writer]]
 
 
-def fill_record(model: Any, source: io.FieldSource, open_output: OpenOutput,
+def fill_record(model: Any, source: reading.FieldSource, open_output: OpenOutput,
                 options: ImputeOptions = ImputeOptions(), device: Any = None,
                 domain: np.ndarray | None = None, progress: bool = False,
                 checkpoint: str = "") -> FillReport:
@@ -146,6 +131,55 @@ def fill_record(model: Any, source: io.FieldSource, open_output: OpenOutput,
     return report
 
 
+def output_paths(inputs: list[Path], output: Path | None, output_dir: Path | None,
+                 overwrite: bool, others: list[Any]) -> list[Path]:
+    """Where a fill of ``inputs`` is written, checked before any work: ``output``, one file
+    per input in ``output_dir`` (created if missing), or the input's name with _imputed."""
+    if output is not None and output_dir is not None:
+        raise CtxqError("--output and --output-dir exclude each other")
+    if output_dir is not None:
+        return per_file_outputs(output_dir, inputs, overwrite, others)
+    if output is None and len(inputs) > 1:
+        raise CtxqError(f"{len(inputs)} input files: name the output with --output FILE, or "
+                        "write one per input with --output-dir DIR")
+    return [safe_output.check_output(output or default_output(inputs[0]), overwrite, others)]
+
+
+def default_output(data: Path) -> Path:
+    """The input's name with _imputed: .npz for NPZ input, else .nc (beside the command)."""
+    npz = data.is_file() and data.suffix.lower() == ".npz"
+    return Path(data.stem + "_imputed" + (".npz" if npz else ".nc"))
+
+
+def per_file_outputs(directory: Path, inputs: list[Path], overwrite: bool,
+                     others: list[Any]) -> list[Path]:
+    """One output per input file in ``directory`` (created if missing), checked before any
+    work."""
+    if directory.exists() and not directory.is_dir():
+        raise CtxqError(f"{directory}: --output-dir exists and is not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CtxqError(f"{directory}: cannot create --output-dir ({exc.strerror})") from None
+    outputs = [directory / f"{p.stem}_imputed.nc" for p in inputs]
+    seen: dict[Path, Path] = {}
+    for out, inp in zip(outputs, inputs):
+        if out in seen:
+            raise CtxqError(f"{inp}: its output {out} would also be {seen[out]}'s (same name)")
+        seen[out] = inp
+        safe_output.check_output(out, overwrite, others)
+    return outputs
+
+
+def file_outputs(paths: list[Path], history: str, split: bool) -> OpenOutput:
+    """Outputs in files: one per input file of the record (``split``) or one for all."""
+    def open_output(template: reading.Field, variables: list[writing.OutputVariable]) -> Any:
+        if split:
+            return writing.open_outputs(paths, template, variables, history)
+        return writing.open_output(paths[0], template, variables, history)
+    return open_output
+
+
 def auto_chunk(ensemble: int, channels: int, grid: tuple[int, int], window: int,
                members: bool) -> int:
     """Frames per chunk that keep the ensemble's arrays of a chunk near CHUNK_BYTES."""
@@ -155,7 +189,7 @@ def auto_chunk(ensemble: int, channels: int, grid: tuple[int, int], window: int,
     return max(4 * window, CHUNK_BYTES // per_frame)
 
 
-def check_record(fld: io.Field, model: Any, label: Any,
+def check_record(fld: reading.Field, model: Any, label: Any,
                  sample: tuple[np.ndarray, np.ndarray], other_grid: bool = False,
                  checkpoint: str = "") -> None:
     """The record must hold the model's variables, in its units, on its grid, at its scale
@@ -170,7 +204,7 @@ def check_record(fld: io.Field, model: Any, label: Any,
             fld.names, fld.var_attrs, fld.coords, fld.grid_dims, *sample), label, other_grid)
 
 
-def model_times(fld: io.Field, model: Any) -> np.ndarray | None:
+def model_times(fld: reading.Field, model: Any) -> np.ndarray | None:
     """The record's times in the unit the model's temporal smoother measures time in."""
     if model.smoother is None:
         return None
@@ -182,11 +216,11 @@ def model_times(fld: io.Field, model: Any) -> np.ndarray | None:
         log.warning("%s: no time coordinate; its frames are taken %g %s apart, the training "
                     "record's step", fld.path, step, wanted)
         return step * np.arange(fld.frames, dtype=np.float64)
-    log.info("%s: %s", fld.path, io.describe_times(times, unit))
+    log.info("%s: %s", fld.path, reading.describe_times(times, unit))
     return times
 
 
-def imputation_domain(fld: io.Field, model: Any, domain: np.ndarray | None) -> np.ndarray:
+def imputation_domain(fld: reading.Field, model: Any, domain: np.ndarray | None) -> np.ndarray:
     """The domain given, or the model's when the grids agree."""
     if domain is not None:
         if domain.shape != fld.grid:
@@ -199,7 +233,7 @@ def imputation_domain(fld: io.Field, model: Any, domain: np.ndarray | None) -> n
                     "give a domain for this grid (--domain)")
 
 
-def output_variables(fld: io.Field, members: int | None) -> list[io.OutputVariable]:
+def output_variables(fld: reading.Field, members: int | None) -> list[writing.OutputVariable]:
     """Mean, spread, flag (and members) per variable, mirroring the input's attributes.
 
     Every variable has a ``_FillValue`` (NetCDF's default for floats, which no observation
@@ -217,20 +251,20 @@ def output_variables(fld: io.Field, members: int | None) -> list[io.OutputVariab
         place = {k: attrs[k] for k in ("coordinates", "grid_mapping") if k in attrs}
         attrs["ancillary_variables"] = f"{name}_std {name}_flag" + (
             f" {name}_members" if members else "")
-        variables.append(io.OutputVariable(name, None, attrs, encoding=floats))
+        variables.append(writing.OutputVariable(name, None, attrs, encoding=floats))
         std_attrs = {k: attrs[k] for k in ("units",) if k in attrs}
         if "standard_name" in attrs:
             std_attrs["standard_name"] = f"{attrs['standard_name']} standard_error"
         std_attrs["long_name"] = f"ensemble spread (standard deviation) of {label}"
-        variables.append(io.OutputVariable(f"{name}_std", None, {**std_attrs, **place},
+        variables.append(writing.OutputVariable(f"{name}_std", None, {**std_attrs, **place},
                                            encoding=floats))
-        variables.append(io.OutputVariable(
+        variables.append(writing.OutputVariable(
             f"{name}_flag", None, {"long_name": f"origin of {label}",
                                    "flag_values": np.array([0, 1], np.int8),
                                    "flag_meanings": "observed filled_by_ctxq", **place},
             encoding=Encoding("int8", -127)))
         if members:
-            variables.append(io.OutputVariable(
+            variables.append(writing.OutputVariable(
                 f"{name}_members", np.empty((members, 0)),
                 {**{k: attrs[k] for k in ("units", "standard_name") if k in attrs},
                  "long_name": f"ensemble members of {label}", **place}, member_dim=True,

@@ -185,7 +185,7 @@ def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndar
                          [(lo, hi) for _, _, lo, hi, _, _ in chunks])
     bar = progress_of((fill.stop - fill.start) * len(tiles), "impute", "frame", progress,
                       unit_scale=1 / len(tiles) if len(tiles) > 1 else 1)
-    context = _Context(model, domain, device, batch, guided, rho, guidance_weight, steps, seed)
+    runner = _TileRunner(model, domain, device, batch, guided, rho, guidance_weight, steps, seed)
     outside, empty = 0, []
     for a, b, lo, hi, first_pass, second_pass in chunks:
         values, observed = padded(lo, hi)
@@ -193,7 +193,7 @@ def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndar
         total = np.zeros((ensemble, b - a) + values.shape[1:], np.float32)
         weights = np.zeros((h, w))
         for t, tile in enumerate(tiles):
-            est = context.tile(values, observed, tile, t, lo, first_pass, second_pass, states)
+            est = runner.tile(values, observed, tile, t, lo, first_pass, second_pass, states)
             blend(total, weights, tile, est[:, a - lo:b - lo])
             bar.update(b - a)
         total /= weights
@@ -215,9 +215,9 @@ def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndar
     if empty:
         log.warning("%d frame(s) have no observation in the domain and are filled from the "
                     "model's prior with climatological spread: %s", len(empty), _ranges(empty))
-    if context.ratios:
+    if runner.ratios:
         log.info("guided prior contexts keep %.2f of the observed cells on average (%.2f–%.2f)",
-                 float(np.mean(context.ratios)), min(context.ratios), max(context.ratios))
+                 float(np.mean(runner.ratios)), min(runner.ratios), max(runner.ratios))
 
 
 def _padded_reader(read: Callable[[int, int], tuple[np.ndarray, np.ndarray]], frames: int
@@ -336,8 +336,9 @@ def tile_cells(tile: Tile, padded: tuple[int, int], grid: tuple[int, int]) -> to
     return torch.stack(torch.meshgrid(rows, cols, indexing="ij"))
 
 
-class _Context:
-    """What every tile of every chunk shares: the model on its device and the sampler options."""
+class _TileRunner:
+    """Runs the sampler on one tile of a chunk; holds what every tile shares: the model on its
+    device and the sampler options."""
 
     def __init__(self, model: DenoiserModel, domain: np.ndarray, device: torch.device,
                  batch: int, guided: bool, rho: float, guidance_weight: float,
@@ -486,6 +487,24 @@ def _finish(model: DenoiserModel, est: np.ndarray, values: np.ndarray, observed:
         kept = np.where(observed[None], values[None], np.where(inside[None], phys, np.nan))
     return Imputation(mean=mean, std=std, members=kept, empty_frames=empty, spread=spread,
                       observed=observed, first_guess_std=first_std)
+
+
+def impute_calibrated(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
+                      domain: np.ndarray, ensemble: int = 32, steps: int = 1, seed: int = 0,
+                      device: torch.device = torch.device("cpu"), batch: int = 64,
+                      progress: bool = False, calibrate: bool = True, *,
+                      times: np.ndarray | None = None,
+                      fill: slice | None = None) -> tuple[Imputation, Spread]:
+    """Fill a field held in memory with every member kept and the spread calibrated on
+    withheld observations first (one-step sampling only; else the spread as sampled)."""
+    scale = Spread()
+    if calibrate and steps == 1:
+        scale = calibrate_spread(model, lambda a, b: (values[a:b], observed[a:b]), len(values),
+                                 domain, ensemble, seed, device=device, batch=batch,
+                                 times=times)
+    result = impute_field(model, values, observed, domain, ensemble, steps, seed, True, device,
+                          batch, progress, spread=scale, times=times, fill=fill)
+    return result, scale
 
 
 def calibrate_spread(model: DenoiserModel,

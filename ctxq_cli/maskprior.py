@@ -382,6 +382,21 @@ def mask_statistics(masks: Tensor | np.ndarray, domain: Tensor | np.ndarray | No
     }
 
 
+def fidelity_table(fidelity: dict[str, Any]) -> str:
+    """Real and sampled mask statistics side by side."""
+    rows = [("observed fraction", "observed_fraction"), ("autocorrelation (lag 1)",
+                                                          "autocorrelation"),
+            ("mean missing cluster (cells)", "missing_cluster_size"),
+            ("mean observed cluster (cells)", "observed_cluster_size")]
+    real, sampled = fidelity["real"], fidelity["sampled"]
+    lines = [f"  {'':<30}{'real':>10}{'sampled':>10}"]
+    lines += [f"  {label:<30}{real[key]:>10.3f}{sampled[key]:>10.3f}" for label, key in rows]
+    hist = "  ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(real["fraction_histogram"],
+                                                       sampled["fraction_histogram"]))
+    lines.append(f"  fraction histogram, 10 bins 0→1 (real/sampled): {hist}")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- pool
 
 def draw_pool(model: MaskPrior, count: int, grid: tuple[int, int] | Tensor, steps: int,

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ctxq_cli.io import atomic_path
+from ctxq_cli.safe_output import atomic_path
 
 
 def _field_style(values: np.ndarray) -> dict[str, Any]:

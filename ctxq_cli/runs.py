@@ -47,7 +47,7 @@ def training(output: Path, log_file: Path | None, resume: bool, overwrite: bool,
     shows progress and reports; the others speak only of warnings and errors.
     """
     from ctxq_cli import distributed
-    from ctxq_cli.train import open_log
+    from ctxq_cli.loop import open_log
 
     group, dev = distributed.start(api.device(device))
     new_log = None      # a log this run created, removed if the run fails before writing to it
@@ -75,15 +75,15 @@ def training(output: Path, log_file: Path | None, resume: bool, overwrite: bool,
 def prepare(output: Path, log_file: Path | None, resume: bool, overwrite: bool,
             inputs: list[Path | None]):
     """Check the output, log and state paths; return the run control, log path, log append."""
-    from ctxq_cli import io
+    from ctxq_cli import safe_output
+    from ctxq_cli.loop import RunControl
     from ctxq_cli.resume import previous_path, state_path
-    from ctxq_cli.train import RunControl
 
-    io.check_output(output, overwrite, inputs)
+    safe_output.check_output(output, overwrite, inputs)
     log_path = log_file or output.with_suffix(".log.jsonl")
     state = state_path(output)
     for path in (log_path, state, previous_path(state)):
-        io.check_output(path, True, inputs)
+        safe_output.check_output(path, True, inputs)
     if not resume and not overwrite and state.exists():
         raise CtxqError(f"{state}: a resumable state of an earlier run exists; add --resume to "
                         "continue it or --overwrite to start afresh")
@@ -91,10 +91,15 @@ def prepare(output: Path, log_file: Path | None, resume: bool, overwrite: bool,
     return RunControl(state_path=state, resume=resume), log_path, append
 
 
-def finish(control, output: Path) -> None:
-    """Report the checkpoint and drop the finished run's resumable states."""
+def save(control, model, output: Path, command: str) -> None:
+    """Save the trained model (the main process only), report it and drop the finished run's
+    resumable states."""
     from ctxq_cli.resume import remove_states
 
+    if not control.group.main:
+        return
+    model.training["command"] = command
+    model.save(output)
     log.info("wrote %s", output)
     remove_states(control.state_path)
 

@@ -453,7 +453,9 @@ def fit_smoother(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
     # the time scale again, now between its grid neighbours, with the neighbours chosen
     config = choose([replace(config, time_scale=config.time_scale * f)
                      for f in (0.5, 0.71, 0.84, 1.0, 1.19, 1.41, 2.0)])
+    # the anomalies' own RMS is the error of no first guess: the smoother's skill is below it
     log.info("temporal smoother: %s (cross-validated RMSE %.3f on %d hidden observations, "
-             "%d candidates)", config.describe(), math.sqrt(score(config)), int(hidden.sum()),
-             len(best))
+             "%.3f without a first guess; %d candidates)", config.describe(),
+             math.sqrt(score(config)), int(hidden.sum()),
+             float(torch.sqrt(torch.mean(target ** 2))), len(best))
     return config

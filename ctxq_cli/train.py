@@ -1,10 +1,5 @@
-"""Training: the denoiser's setup and the optimisation loop every model shares.
-
-The loop (AdamW, warm-up and cosine decay, clipping, EMA, time budget) writes resumable states
-periodically and when asked to stop, and resumes from them bit for bit on the same device. It
-keeps the EMA weights that did best on the validation windows and stops when they have not
-improved for ``patience`` validations: a record of few independent states (a slowly evolving
-daily field) is otherwise memorised, the validation loss rising while the training loss falls.
+"""Training a denoiser and a mask prior: options, data, partition, losses and validation; the
+optimisation loop they share is :mod:`ctxq_cli.loop`.
 
 Validation windows lie in blocks of frames spread over the record, the last block at its end,
 so that they sample the states of the whole record and its newest frames; no training window
@@ -14,22 +9,17 @@ smoother, as every observation of a file does when it is filled.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
 import logging
-import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ctxq_cli import distributed, resume
+from ctxq_cli import distributed
 from ctxq_cli.data import Batch, Normalization, Windows, padded_size
 from ctxq_cli.diffusion import (
     Denoiser,
@@ -39,7 +29,8 @@ from ctxq_cli.diffusion import (
     parameter_count,
 )
 from ctxq_cli.distributed import WindowSampler
-from ctxq_cli.errors import CtxqError, Interrupted
+from ctxq_cli.errors import CtxqError
+from ctxq_cli.loop import LoopOptions, RunControl, optimise
 from ctxq_cli.maskprior import (
     MaskPrior,
     MaskPriorConfig,
@@ -49,6 +40,7 @@ from ctxq_cli.maskprior import (
     sample_masks,
 )
 from ctxq_cli.model import DenoiserModel, MaskPriorModel
+from ctxq_cli.options import check_channels, option
 from ctxq_cli.partition import (
     PARTITIONS,
     Partition,
@@ -56,7 +48,6 @@ from ctxq_cli.partition import (
     choose_partition,
     mask_structure,
 )
-from ctxq_cli.progress import progress as progress_of
 from ctxq_cli.temporal import Smoother, SmootherConfig, first_guess, fit_smoother
 from ctxq_cli.unet import UNetConfig
 from ctxq_cli.withhold import calibration_cells, mask_fingerprint
@@ -68,79 +59,58 @@ TEMPORAL = ("smoother", "none")   # first guesses from the whole record a denois
 
 
 @dataclass(frozen=True)
-class LoopOptions:
-    """How long and how a network is optimised; shared by every trained model."""
-
-    steps: int = 20000
-    max_minutes: float | None = None
-    batch_size: int = 8
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    warmup: int = 20
-    ema: float = 0.999
-    grad_clip: float = 1.0
-    seed: int = 0
-    val_every: int = 250
-    patience: int = 8          # validations without improvement before stopping (0: never)
-    checkpoint_every: int = 1000
-    precision: str = "auto"    # bf16 autocast on GPUs, float32 on CPUs
-    compile: bool = False      # torch.compile the network being trained
-
-
-@dataclass(frozen=True)
 class TrainOptions(LoopOptions):
     """Everything that shapes a denoiser's training run; stored in the checkpoint."""
 
-    window: int = 3
-    temporal: str = "smoother"    # the first guess from the whole record (none: no first guess)
-    partition: str = "auto"
-    context_ratio: float = 0.8
-    block_size: int | None = None
-    overlap: float = 0.0
+    window: int = option(3, ge=1, integer=True)    # consecutive frames per sample
+    # the first guess from the whole record (none: no first guess)
+    temporal: str = option("smoother", choices=TEMPORAL)
+    partition: str = "auto"       # a name in partition.PARTITIONS, or auto
+    context_ratio: float = option(0.8, gt=0, le=1)
+    block_size: int | None = option(None, ge=1, integer=True)
+    overlap: float = option(0.0, ge=0, le=1)
     channels: tuple[int, ...] = (32, 64, 96)
-    stem_patch: int = 2
-    attention_heads: int = 4      # self-attention at the coarsest level (0: none)
-    position_channels: int = 8    # learned position map on the training grid (0: none)
-    val_fraction: float = 0.1
-    patch: int = 128
-    low_noise_fraction: float = 0.8
-    normalization: str = "cell"   # or "variable": one mean per variable (any grid)
+    stem_patch: int = option(2, ge=1, le=4, integer=True)
+    attention_heads: int = option(4, ge=0, integer=True)   # at the coarsest level (0: none)
+    # learned position map on the training grid (0: none)
+    position_channels: int = option(8, ge=0, integer=True)
+    val_fraction: float = option(0.1, ge=0, le=0.5)
+    patch: int = option(128, ge=8, integer=True)
+    low_noise_fraction: float = option(0.8, ge=0, le=1)
+    # or "variable": one mean per variable (any grid)
+    normalization: str = option("cell", choices=("cell", "variable"))
     calibration_holdout: bool = True   # keep impute's calibration cells out of training
-    pool_size: int = 512
-    prior_steps: int = 10         # ODE steps per mask drawn from a mask prior
+    pool_size: int = option(512, ge=1, integer=True)
+    prior_steps: int = option(10, ge=1, integer=True)   # ODE steps per mask from a mask prior
 
-    def __post_init__(self) -> None:
-        choices = {"temporal": TEMPORAL, "partition": ("auto", *PARTITIONS),
-                   "normalization": ("cell", "variable")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"TrainOptions.{name} must be one of {', '.join(allowed)}, "
-                                 f"not '{getattr(self, name)}'")
+    def check(self) -> None:
+        """Widths; a registered partition; attention heads that divide the coarsest width."""
+        check_channels(self)
+        if self.partition not in ("auto", *PARTITIONS):
+            self.fail("partition", f"must be one of {', '.join(('auto', *PARTITIONS))}, "
+                      f"not '{self.partition}'")
+        if self.attention_heads and self.channels[-1] % self.attention_heads:
+            self.fail("attention_heads", f"{self.attention_heads} must divide the last "
+                      f"channels width {self.channels[-1]}")
 
 
 @dataclass(frozen=True)
 class MaskPriorOptions(LoopOptions):
     """Everything that shapes a mask prior's training run; stored in its checkpoint."""
 
-    window: int = 3
-    scale: float = 1.0
+    window: int = option(3, ge=1, integer=True)    # consecutive mask frames per sample
+    scale: float = option(1.0, gt=0)
     channels: tuple[int, ...] = (32, 64)
-    stem_patch: int = 2
-    val_fraction: float = 0.1
-    patch: int = 128
-    batch_size: int = 16
-    report_samples: int = 64
-    report_steps: int = 20
+    stem_patch: int = option(2, ge=1, le=4, integer=True)
+    val_fraction: float = option(0.1, ge=0, le=0.5)
+    patch: int = option(128, ge=8, integer=True)
+    batch_size: int = option(16, ge=1, integer=True)
+    report_samples: int = option(64, ge=1, integer=True)
+    report_steps: int = option(20, ge=1, integer=True)
 
-
-@dataclass
-class RunControl:
-    """Where a run keeps its resumable state, whether it resumes, and when it must stop."""
-
-    state_path: Path | None = None
-    resume: bool = False
-    should_stop: Callable[[], bool] = field(default=lambda: False)
-    group: distributed.Group = field(default_factory=distributed.Group)
+    def check(self) -> None:
+        """The network's widths."""
+        check_channels(self)
 
 
 def make_partition(options: TrainOptions, observed: np.ndarray, domain: np.ndarray,
@@ -172,13 +142,6 @@ def make_partition(options: TrainOptions, observed: np.ndarray, domain: np.ndarr
     except ValueError as exc:
         raise CtxqError(f"partition {options.partition}: {exc}") from None
     return partition, "chosen with --partition"
-
-
-def _lr_factor(progress: float, step: int, warmup: int) -> float:
-    """Linear warm-up, then cosine decay over the run's progress (0 → 1)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def batch_first_guess(windows: Windows, batch: Batch) -> FirstGuess | None:
@@ -239,8 +202,6 @@ def split_windows(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
     if not held.any() or not len(val) or not len(train):
         return everything, None
     return everything.subset(train), everything.subset(val)
-
-
 
 
 def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
@@ -397,223 +358,3 @@ def fidelity_report(model: MaskPriorModel, real: Windows, options: MaskPriorOpti
             "samples": n, "steps": options.report_steps}
 
 
-SYNC_EVERY_GPU = 16   # steps between host synchronisations on a GPU (losses, stop, budget)
-
-
-def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``--precision`` on a device (None: full float32)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision not in ("bf16", "fp32"):
-        raise CtxqError(f"--precision must be auto, bf16 or fp32, not '{precision}'")
-    return torch.bfloat16 if precision == "bf16" else None
-
-
-def optimise(network: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator], Tensor],
-             options: LoopOptions, generator: torch.Generator,
-             validate: Callable[[nn.Module], float] | None, fingerprint: dict[str, Any],
-             control: RunControl, log_file: IO[str] | None = None,
-             progress: bool = True,
-             sampler: WindowSampler | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Minimise ``loss_fn`` with AdamW, warm-up, cosine decay, clipping and an EMA copy.
-
-    Stops after ``options.steps`` steps or ``options.max_minutes`` (counted from this start),
-    or early, when ``options.patience`` validations in a row did not improve on the best;
-    returns the EMA weights of the best validation, the untrained ones included (the last ones
-    without validation). Writes a
-    resumable state every ``options.checkpoint_every`` steps and when ``control.should_stop()``
-    turns true (then raises :class:`Interrupted`), and resumes from ``control.state_path``
-    when asked. Under torchrun the network is wrapped in DistributedDataParallel; all decisions
-    (stop, budget, divergence) are agreed by all ranks, and only rank 0 writes. Losses stay on
-    the device and are read every few steps, so a GPU never waits for the host. Returns the EMA
-    network and a summary of the run.
-    """
-    group = control.group
-    device = next(network.parameters()).device
-    log.info("training on %s%s", device, f", {group.world} processes" if group.active else "")
-    if device.type == "cuda":
-        network.to(memory_format=torch.channels_last)
-    trained: nn.Module = network
-    if group.active:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # Built first: it broadcasts rank 0's weights, which the EMA copy must start from.
-        trained = DistributedDataParallel(
-            network, device_ids=[device.index] if device.type == "cuda" else None)
-        generator.manual_seed(options.seed + 7919 * group.rank)   # own masks and noise
-        fingerprint = {**fingerprint, "processes": group.world}
-    ema = copy.deepcopy(network).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(network.parameters(), lr=options.lr,
-                            weight_decay=options.weight_decay)
-    opts = asdict(options)
-    step = first_step = 0
-    progress0, seconds0, loss_avg, val = 0.0, 0.0, None, float("nan")
-    best = Best()
-    path = control.state_path
-    if path is not None and control.resume:
-        state = resume.load_state(path)
-        if state is None:
-            log.info("no resumable state at %s: starting afresh", path)
-        else:
-            resume.check_compatible(path, state, opts, fingerprint)
-            resume.restore(state, network, ema, opt, generator, group.rank, sampler)
-            best = Best(state.best_step, state.best_val, state.best,
-                        state.validations_since_best)
-            step = first_step = state.step
-            progress0, seconds0, loss_avg = state.progress, state.seconds, state.loss_avg
-            val = float("nan") if state.val_loss is None else state.val_loss
-            log.info("resuming from %s at step %d", path, step)
-    if options.compile:
-        trained = torch.compile(trained)
-    autocast_dtype = precision_dtype(options.precision, device)
-    sync_every = 1 if device.type == "cpu" else SYNC_EVERY_GPU
-    saved_step: int | None = None
-
-    budget = options.max_minutes * 60 if options.max_minutes else math.inf
-    start = time.perf_counter()
-    agreed_elapsed = 0.0   # the same on every rank, so the schedule is too
-    pending: list[tuple[int, Tensor, float]] = []   # (step, loss on the device, lr)
-
-    def schedule_progress() -> float:
-        """Share of the schedule done: by steps, or by time when a budget is set."""
-        return max(step / options.steps, progress0 + (1 - progress0) * agreed_elapsed / budget)
-
-    def save_state() -> None:
-        nonlocal saved_step
-        if path is None:
-            return
-        generators = distributed.gather(group, generator.get_state())
-        if group.main:
-            resume.save_state(path, resume.capture(
-                step, schedule_progress(), seconds0 + agreed_elapsed, loss_avg,
-                None if math.isnan(val) else val, opts, fingerprint, network, ema, opt,
-                generators, sampler, best.weights, best.step, best.value, best.since))
-        saved_step = step
-
-    def synchronise() -> tuple[bool, bool]:
-        """Read the pending losses, log them, check them; agree on (stop, out of time)."""
-        nonlocal loss_avg, agreed_elapsed
-        elapsed = time.perf_counter() - start
-        losses = (torch.stack([loss for _, loss, _ in pending]).float() if pending
-                  else torch.zeros(0, device=device))
-        flags = torch.tensor([float(control.should_stop()), elapsed], device=device)
-        totals = distributed.reduce_sum(group, torch.cat([losses.to(device), flags]))
-        numbers = (totals / group.world).tolist()   # the one wait for the device
-        agreed_elapsed = numbers[-1]
-        for (at, _, lr), value in zip(pending, numbers[:len(pending)]):
-            if not math.isfinite(value):
-                bar.close()
-                kept = (f"the resumable state of step {saved_step} is kept in {path}"
-                        if saved_step is not None else "nothing was written")
-                raise CtxqError(f"training diverged: the loss is {value} at step {at}; {kept} "
-                                f"(try a smaller --lr)")
-            loss_avg = value if loss_avg is None else 0.98 * loss_avg + 0.02 * value
-            record: dict[str, Any] = {"step": at, "loss": value, "lr": lr,
-                                      "elapsed_s": round(seconds0 + agreed_elapsed, 3)}
-            if at == step and not math.isnan(val) and at % options.val_every == 0:
-                record["val_loss"] = val
-                record["best_val_loss"] = best.value
-            if log_file is not None and group.main:
-                log_file.write(json.dumps(record) + "\n")
-        pending.clear()
-        bar.set_postfix(loss=f"{loss_avg or float('nan'):.4f}", val=f"{val:.4f}", refresh=False)
-        return numbers[-2] > 0, agreed_elapsed > budget
-
-    if validate is not None and best.weights is None:
-        # the untrained denoiser is a candidate too: with a first guess it is that guess, so
-        # training can never end worse on the validation frames than where it started
-        val = validate(ema)
-        best.offer(val, step, ema)
-    bar = progress_of(options.steps, "train", "step", progress and group.main, initial=step)
-    stop, out_of_time = synchronise()
-    while step < options.steps and not out_of_time:
-        if stop:
-            if saved_step != step:
-                save_state()
-            bar.close()
-            where = (f"; resumable state written to {path}; run the same command with "
-                     f"--resume to continue" if path else "")
-            raise Interrupted(f"interrupted at step {step} of {options.steps}{where}")
-        lr = options.lr * _lr_factor(schedule_progress(), step, options.warmup)
-        for group_ in opt.param_groups:
-            group_["lr"] = lr
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                            enabled=autocast_dtype is not None):
-            loss = loss_fn(trained, generator)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), options.grad_clip, foreach=True)
-        opt.step()
-        decay = min(options.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(network.parameters()), 1 - decay)
-        step += 1
-        pending.append((step, loss.detach(), lr))
-        bar.update(1)
-        validating = validate is not None and step % options.val_every == 0
-        checkpointing = bool(options.checkpoint_every) and step % options.checkpoint_every == 0
-        if validating:
-            val = validate(ema)
-            best.offer(val, step, ema)
-        if step % sync_every == 0 or validating or checkpointing or step == options.steps:
-            stop, out_of_time = synchronise()
-            if checkpointing:
-                save_state()
-        if validating and options.patience and best.since >= options.patience:
-            stopped_early = True
-            break
-    else:
-        stopped_early = False
-    if pending:
-        synchronise()
-    if out_of_time:
-        log.info("time budget of %.1f min reached at step %d", options.max_minutes, step)
-    bar.close()
-    elapsed = time.perf_counter() - start
-    if validate is not None and step % options.val_every != 0:  # the final weights, once more
-        val = validate(ema)
-        best.offer(val, step, ema)
-    rate = (step - first_step) * options.batch_size / max(elapsed, 1e-9)
-    log.info("trained to step %d in %.1f s: %.1f samples/s, final loss %.4f, validation loss "
-             "%.4f", step, elapsed, rate, loss_avg or float("nan"), val)
-    if stopped_early:
-        log.info("stopped early at step %d: the validation loss has not improved on %.4f "
-                 "(step %d) in %d validations", step, best.value, best.step, best.since)
-    if best.weights is not None and best.step != step:
-        ema.load_state_dict(best.weights)
-        log.info("kept the weights of step %d, the lowest validation loss (%.4f; %.4f at the "
-                 "last step)", best.step, best.value, val)
-    summary = {"options": opts, "steps_done": step, "seconds": round(seconds0 + elapsed, 1),
-               "samples_per_s": round(rate, 2), "train_loss": loss_avg,
-               "val_loss": None if math.isnan(val) else val, "processes": group.world,
-               "best_step": best.step if best.weights is not None else step,
-               "best_val_loss": best.value if best.weights is not None else None,
-               "stopped_early": stopped_early}
-    return ema, summary
-
-
-@dataclass
-class Best:
-    """The EMA weights with the lowest validation loss so far, and how many validations since."""
-
-    step: int = 0
-    value: float = math.inf
-    weights: dict[str, Tensor] | None = None
-    since: int = 0
-
-    def offer(self, value: float, step: int, ema: nn.Module) -> None:
-        """Keep ``ema``'s weights (a CPU copy) if ``value`` is the lowest yet."""
-        if math.isfinite(value) and value < self.value:
-            self.step, self.value, self.since = step, value, 0
-            self.weights = {k: v.detach().to("cpu", copy=True)
-                            for k, v in ema.state_dict().items()}
-        else:
-            self.since += 1
-
-
-def open_log(path: Path, append: bool = False) -> IO[str]:
-    """Open the JSON-lines training log for writing (appending when a run resumes)."""
-    try:
-        return open(path, "a" if append else "w", encoding="utf-8")
-    except OSError as exc:
-        raise CtxqError(f"{path}: cannot write the training log ({exc.strerror})") from None

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ctxq_cli import evaluation  # noqa: E402
-from ctxq_cli.impute import calibrate_spread, impute_field  # noqa: E402
+from ctxq_cli.impute import impute_calibrated  # noqa: E402
 from ctxq_cli.model import DenoiserModel  # noqa: E402
 from ctxq_cli.plots import evaluation_figure  # noqa: E402
 from ctxq_cli.train import TrainOptions, train_denoiser  # noqa: E402
@@ -84,10 +84,8 @@ def run_case(name: str, truth: np.ndarray, mask: str, args: argparse.Namespace,
             model.save(saved)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
-    scale = calibrate_spread(model, lambda a, b: (values[a:b], observed[a:b]), len(values),
-                             domain, args.ensemble, 0, device=dev)
-    result = impute_field(model, values, observed, domain, args.ensemble, 1, 0, True, dev,
-                          progress=False, spread=scale)
+    result, scale = impute_calibrated(model, values, observed, domain, args.ensemble,
+                                      device=dev)
     ctxq = evaluation.Estimate("ctxq", result.mean, std=result.std, members=result.members,
                                seconds=time.perf_counter() - start)
     estimates = [ctxq] + [evaluation.run_baseline(b, values, observed, domain, 0)

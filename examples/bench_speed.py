@@ -36,8 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ctxq_cli.diffusion import NoiseSchedule, context_query_loss  # noqa: E402
 from ctxq_cli.impute import impute_field  # noqa: E402
+from ctxq_cli.loop import precision_dtype  # noqa: E402
 from ctxq_cli.partition import BlockPartition  # noqa: E402
-from ctxq_cli.train import TrainOptions, precision_dtype, train_denoiser  # noqa: E402
+from ctxq_cli.train import TrainOptions, train_denoiser  # noqa: E402
 
 from masks import cloud_mask  # noqa: E402
 

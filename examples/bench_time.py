@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ctxq_cli import evaluation  # noqa: E402
-from ctxq_cli.impute import calibrate_spread, impute_field  # noqa: E402
+from ctxq_cli.impute import impute_calibrated  # noqa: E402
 from ctxq_cli.model import DenoiserModel  # noqa: E402
 from ctxq_cli.plots import evaluation_figure  # noqa: E402
 from ctxq_cli.spread import Spread  # noqa: E402
@@ -122,10 +122,8 @@ def fill(model: DenoiserModel, values: np.ndarray, observed: np.ndarray, times: 
     """ctxq's calibrated ensemble over frames ``part`` of a record (every frame in reach)."""
     domain = np.ones(values.shape[-2:], bool)
     start = time.perf_counter()
-    scale = calibrate_spread(model, lambda a, b: (values[a:b], observed[a:b]), len(values),
-                             domain, args.ensemble, 0, times=times)
-    result = impute_field(model, values, observed, domain, args.ensemble, 1, 0, True,
-                          progress=False, spread=scale, times=times, fill=part)
+    result, scale = impute_calibrated(model, values, observed, domain, args.ensemble,
+                                      times=times, fill=part)
     return evaluation.Estimate("ctxq", result.mean, std=result.std, members=result.members,
                                seconds=time.perf_counter() - start), scale
 

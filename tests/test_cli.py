@@ -149,6 +149,7 @@ def test_user_errors_are_one_line(workdir, monkeypatch, args, message):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_resumable_state_and_resume_goes_on(workdir, tmp_path):
     out = tmp_path / "d.safetensors"
     log_path = tmp_path / "d.log.jsonl"
@@ -157,13 +158,13 @@ def test_sigterm_writes_a_resumable_state_and_resume_goes_on(workdir, tmp_path):
                "--batch-size", "2", "--window", "2", "--steps", "100000",
                "--checkpoint-every", "0", "--quiet"]
     job = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600   # a guard against hangs, not a budget
     while time.monotonic() < deadline and job.poll() is None:
         if log_path.exists() and len(log_path.read_text().splitlines()) >= 5:
             break
         time.sleep(0.05)
     job.send_signal(signal.SIGTERM)
-    _, err = job.communicate(timeout=60)
+    _, err = job.communicate(timeout=600)
     assert job.returncode == EXIT_INTERRUPTED, err
     assert "resumable state written" in err and "Traceback" not in err
     state = tmp_path / "d.resume.safetensors"
@@ -180,6 +181,7 @@ def test_sigterm_writes_a_resumable_state_and_resume_goes_on(workdir, tmp_path):
     assert out.exists() and not state.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs POSIX resource limits")
 def test_a_full_disk_fails_in_one_line_and_leaves_nothing(workdir, tmp_path):
     import resource
@@ -191,7 +193,7 @@ def test_a_full_disk_fails_in_one_line_and_leaves_nothing(workdir, tmp_path):
     job = subprocess.run([sys.executable, "-m", "ctxq_cli", "impute", str(workdir / "obs.nc"),
                           "--checkpoint", str(workdir / "denoiser.safetensors"), "-o", str(out),
                           "--ensemble", "2", "--quiet"], preexec_fn=small_disk,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=600)
     assert job.returncode == 1, job.stderr
     assert job.stderr.startswith(f"ctxq: error: {out}: cannot write")
     assert len(job.stderr.strip().splitlines()) == 1
@@ -320,6 +322,7 @@ def _variables(path):
                 for n in ds.variables}
 
 
+@pytest.mark.slow
 def test_chunks_and_tiles_stream_the_same_file(workdir):
     base = ["impute", workdir / "obs.nc", "--mask", workdir / "mask.nc", "--ensemble", "3",
             "--checkpoint", workdir / "denoiser.safetensors", "--members", "--tile", "8",

@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from ctxq_cli.cli import app
 from ctxq_cli.model import DenoiserModel
 
+pytestmark = pytest.mark.slow   # subprocesses and many end-to-end runs
+
 runner = CliRunner()
 QUICK = ["--steps", "2", "--channels", "8,8", "--stem-patch", "1", "--batch-size", "2",
          "--quiet"]

@@ -157,6 +157,7 @@ def test_one_tile_larger_than_the_grid_is_the_untiled_imputation(model):
     assert a.mean.tobytes() == b.mean.tobytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("temporal", ["none", "smoother"])
 def test_tile_borders_are_no_worse_than_tile_interiors(temporal):
     # A model trained on 24×24 patches of a 64×64 field fills the grid with 24×24 tiles. Cut

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from ctxq_cli.errors import CtxqError
-from ctxq_cli.io import Coordinate
 from ctxq_cli.provenance import TrainingData, check, describe
+from ctxq_cli.reading import Coordinate
 
 
 def facts(shift=0.0, units="K", scale=1.0, offset=0.0, standard_name="sea_surface_temperature",

@@ -4,7 +4,7 @@ import netCDF4
 import numpy as np
 import pytest
 
-from ctxq_cli import api, io, record
+from ctxq_cli import api, reading, record, writing
 from ctxq_cli.errors import CtxqError
 
 from conftest import smooth_field, write_nc
@@ -30,13 +30,13 @@ def test_files_of_a_glob_are_joined_in_time_order_whatever_their_names(tmp_path)
     daily_file(tmp_path / "c.nc", values[:3], 0)
     daily_file(tmp_path / "a.nc", values[3:6], 72, units="hours since 2000-01-01", step=24)
     daily_file(tmp_path / "b.nc", values[6:], 6)
-    fld = io.read_field(str(tmp_path / "*.nc"))
+    fld = reading.read_field(str(tmp_path / "*.nc"))
     assert fld.values[:, 0].tobytes() == values.tobytes()
     assert [p.path.name for p in fld.parts] == ["c.nc", "a.nc", "b.nc"]
     times, unit = fld.times()
     np.testing.assert_array_equal(times, np.arange(9.0))
-    assert io.read_field(tmp_path).values.tobytes() == fld.values.tobytes()     # a directory
-    listed = io.read_field([tmp_path / "b.nc", tmp_path / "c.nc", tmp_path / "a.nc"])
+    assert reading.read_field(tmp_path).values.tobytes() == fld.values.tobytes()     # a directory
+    listed = reading.read_field([tmp_path / "b.nc", tmp_path / "c.nc", tmp_path / "a.nc"])
     assert listed.values.tobytes() == fld.values.tobytes()
 
 
@@ -46,14 +46,14 @@ def test_repeated_and_overlapping_times_are_one_line_errors(tmp_path):
     daily_file(tmp_path / "b.nc", values[3:], 2)
     with pytest.raises(CtxqError, match="b.nc: its first time 2000-01-03 00:00:00 repeats the "
                                         "times of .*a.nc"):
-        io.open_field([tmp_path / "a.nc", tmp_path / "b.nc"])
+        reading.open_field([tmp_path / "a.nc", tmp_path / "b.nc"])
     daily_file(tmp_path / "b.nc", values[3:], 1.5)
     with pytest.raises(CtxqError, match="overlaps"):
-        io.open_field([tmp_path / "a.nc", tmp_path / "b.nc"])
+        reading.open_field([tmp_path / "a.nc", tmp_path / "b.nc"])
     with pytest.raises(CtxqError, match="a.nc: named twice"):
-        io.open_field([tmp_path / "a.nc", tmp_path / "a.nc"])
+        reading.open_field([tmp_path / "a.nc", tmp_path / "a.nc"])
     with pytest.raises(CtxqError, match=r"nothing\*.nc: no file matches"):
-        io.open_field(str(tmp_path / "nothing*.nc"))
+        reading.open_field(str(tmp_path / "nothing*.nc"))
 
 
 def test_files_on_another_grid_are_refused(tmp_path):
@@ -63,38 +63,28 @@ def test_files_on_another_grid_are_refused(tmp_path):
     with netCDF4.Dataset(tmp_path / "b.nc", "a") as ds:
         ds["lat"][:] = ds["lat"][:] + 20
     with pytest.raises(CtxqError, match="b.nc: coordinate 'lat' differs from .*a.nc"):
-        io.open_field(str(tmp_path / "*.nc"))
+        reading.open_field(str(tmp_path / "*.nc"))
     daily_file(tmp_path / "b.nc", smooth_field(3, 5, 6), 3)
     with pytest.raises(CtxqError, match="b.nc: variable 'sst' has shape"):
-        io.open_field(str(tmp_path / "*.nc"))
+        reading.open_field(str(tmp_path / "*.nc"))
 
 
 def test_time_last_reads_like_time_first_and_writes_back_in_its_own_order(tmp_path):
     values = smooth_field(5, 6, 7)
     observed = np.random.default_rng(0).random(values.shape) < 0.7
-    first = io.read_field(daily_file(tmp_path / "first.nc", values, 0, observed=observed))
-    last = io.read_field(daily_file(tmp_path / "last.nc", values, 0, observed=observed,
+    first = reading.read_field(daily_file(tmp_path / "first.nc", values, 0, observed=observed))
+    last = reading.read_field(daily_file(tmp_path / "last.nc", values, 0, observed=observed,
                                     time_last=True))
     assert last.dims == ("lat", "lon", "time") and last.time_axis == 2
     assert last.values.tobytes() == first.values.tobytes()
     np.testing.assert_array_equal(last.observed, first.observed)
     out = tmp_path / "out.nc"
-    io.write_output(out, last, [io.OutputVariable("sst", np.where(observed, values, np.nan),
-                                                  {})], {}, "h")
+    sst = writing.OutputVariable("sst", np.where(observed, values, np.nan), {})
+    writing.write_output(out, last, [sst], {}, "h")
     with netCDF4.Dataset(out) as ds:
         assert ds["sst"].dimensions == ("lat", "lon", "time")
         back = np.moveaxis(ds["sst"][:].filled(np.nan), -1, 0)
     assert np.array_equal(back, np.where(observed, values, np.nan), equal_nan=True)
-
-
-def test_layout_round_trip_for_every_order_of_three_dims():
-    rng = np.random.default_rng(1)
-    for axis in range(3):
-        internal = rng.random((4, 5, 6)).astype(np.float32)
-        disk_shape = list((5, 6))
-        disk_shape.insert(axis, 4)
-        disk = record.to_disk(internal, (1, *disk_shape), axis + 1)   # with a singleton dim
-        assert record.to_internal(disk, axis + 1).tobytes() == internal.tobytes()
 
 
 def write_levels(path, values):
@@ -115,9 +105,9 @@ def test_an_extra_dimension_is_chosen_by_value_or_by_index(tmp_path):
     values = np.random.default_rng(2).random((4, 3, 5, 6)).astype(np.float32)
     path = write_levels(tmp_path / "levels.nc", values)
     with pytest.raises(CtxqError, match="choose one element of 'depth' with --sel depth="):
-        io.open_field(path)
-    by_value = io.read_field(path, selection=record.Selection.parse(sel=["depth=10"]))
-    by_index = io.read_field(path, selection=record.Selection.parse(isel=["depth=1"]))
+        reading.open_field(path)
+    by_value = reading.read_field(path, selection=record.Selection.parse(sel=["depth=10"]))
+    by_index = reading.read_field(path, selection=record.Selection.parse(isel=["depth=1"]))
     assert by_value.values[:, 0].tobytes() == values[:, 1].tobytes()
     assert by_index.values.tobytes() == by_value.values.tobytes()
     assert by_value.shape == (4, 1, 5, 6)                # the level stays, as one element
@@ -129,7 +119,7 @@ def test_an_extra_dimension_is_chosen_by_value_or_by_index(tmp_path):
                                ([], ["depth=top"], "must be an integer"),
                                (["depth"], [], "expected DIM=VALUE")]:
         with pytest.raises(CtxqError, match=pattern):
-            io.open_field(path, selection=record.Selection.parse(sel, isel))
+            reading.open_field(path, selection=record.Selection.parse(sel, isel))
 
 
 def test_a_zarr_store_reads_like_the_netcdf_file_it_was_made_from(tmp_path):
@@ -140,7 +130,7 @@ def test_a_zarr_store_reads_like_the_netcdf_file_it_was_made_from(tmp_path):
     nc = daily_file(tmp_path / "obs.nc", values, 0, observed=observed)
     with xr.open_dataset(nc) as ds:
         ds.to_zarr(tmp_path / "obs.zarr", consolidated=False)
-    from_nc, from_zarr = io.read_field(nc), io.read_field(tmp_path / "obs.zarr")
+    from_nc, from_zarr = reading.read_field(nc), reading.read_field(tmp_path / "obs.zarr")
     np.testing.assert_array_equal(from_zarr.observed, from_nc.observed)
     assert from_zarr.values.tobytes() == from_nc.values.tobytes()
     np.testing.assert_array_equal(from_zarr.times()[0], from_nc.times()[0])
@@ -150,7 +140,7 @@ def test_reading_a_range_opens_only_the_files_it_needs(tmp_path, monkeypatch):
     values = smooth_field(12, 4, 5)
     for i in range(4):
         daily_file(tmp_path / f"d{i}.nc", values[3 * i:3 * i + 3], 3 * i)
-    source = io.open_field(str(tmp_path / "d*.nc"))
+    source = reading.open_field(str(tmp_path / "d*.nc"))
     opened = []
     real = record.open_dataset
     monkeypatch.setattr(record, "open_dataset",
@@ -171,10 +161,10 @@ def test_files_in_a_model_calendar_join_in_that_calendar_from_files_and_from_xar
             ds["time"][:] = days
     # a.nc: Feb 27 and 28; b.nc: Feb 28 again and Mar 1.
     with pytest.raises(CtxqError, match="repeats"):
-        io.open_field(str(tmp_path / "*.nc"))
+        reading.open_field(str(tmp_path / "*.nc"))
     with netCDF4.Dataset(tmp_path / "b.nc", "a") as ds:
         ds["time"][:] = [0, 1]                                 # Mar 1 and Mar 2
-    fld = io.read_field(str(tmp_path / "*.nc"))
+    fld = reading.read_field(str(tmp_path / "*.nc"))
     np.testing.assert_array_equal(fld.times()[0], [0.0, 1.0, 2.0, 3.0])    # no Feb 29
     assert fld.values[:, 0].tobytes() == values.tobytes()
     with xr.open_dataset(tmp_path / "a.nc", use_cftime=True) as a, \
@@ -194,8 +184,8 @@ def test_variables_in_a_netcdf4_group_are_read_with_group(tmp_path):
             g.createDimension(d, n)
         g.createVariable("sst", "f4", ("time", "lat", "lon"))[:] = values
     with pytest.raises(CtxqError, match="no data variable"):
-        io.open_field(path)
-    fld = io.read_field(path, selection=record.Selection.parse(group="/geophysical_data"))
+        reading.open_field(path)
+    fld = reading.read_field(path, selection=record.Selection.parse(group="/geophysical_data"))
     assert fld.names == ["sst"] and fld.values[:, 0].tobytes() == values.tobytes()
     with pytest.raises(CtxqError, match="grouped.nc: cannot be read as NetCDF"):
-        io.open_field(path, selection=record.Selection.parse(group="nope"))
+        reading.open_field(path, selection=record.Selection.parse(group="nope"))

@@ -97,6 +97,7 @@ def same_attrs(a, b):
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("time_last", [False, True], ids=["time_first", "time_last"])
 def test_a_month_of_daily_files_in_and_out(tmp_path, time_last):
     kept = month(tmp_path / "l3", time_last)
@@ -162,6 +163,7 @@ def test_other_units_and_a_shifted_grid_are_refused_in_one_line(tmp_path):
         assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_notebook_fills_a_dataarray_exactly_as_the_command_line(tmp_path):
     kept = month(tmp_path / "l3")
     files = sorted((tmp_path / "l3").glob("*.nc"))

@@ -9,8 +9,9 @@ import torch
 from ctxq_cli import checkpoint, resume
 from ctxq_cli.data import Normalization
 from ctxq_cli.errors import CtxqError, Interrupted
+from ctxq_cli.loop import LoopOptions, RunControl, optimise
 from ctxq_cli.model import DenoiserModel
-from ctxq_cli.train import LoopOptions, RunControl, TrainOptions, optimise, train_denoiser
+from ctxq_cli.train import TrainOptions, train_denoiser
 from ctxq_cli.withhold import calibration_cells
 
 from conftest import smooth_field
@@ -91,6 +92,7 @@ def _stop_after(n):
     return lambda: next(calls) >= n
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_bit_for_bit(tmp_path):
     values, observed, domain = _data()
     # validations at steps 3 and 6 come before the stop: the best weights survive it
@@ -116,6 +118,7 @@ def test_an_interrupted_run_resumes_bit_for_bit(tmp_path):
     assert resumed.step == 12
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_options_or_data_and_survives_a_torn_state(tmp_path):
     values, observed, domain = _data()
     opts = TrainOptions(steps=6, checkpoint_every=2, **TINY)
