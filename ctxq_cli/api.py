@@ -69,7 +69,9 @@ def open_record(data: Any, variables: Sequence[str] | None = None, *,
         part = record.xarray_part(data)
         source = reading.record_source([part], variables, default, quality, selection)
         if mask is not None:
-            source.mask, source.mask_path = masks.mask_reader(Path(mask), source), Path(mask)
+            source.mask = masks.mask_reader(Path(mask), source.template.names, source.frames,
+                                            source.grid)
+            source.mask_path = Path(mask)
         return source
     return reading.open_field(data, variables, mask, default, quality, selection)
 
@@ -247,7 +249,7 @@ def train_mask_prior_field(fld: reading.Field, domain: np.ndarray, options: Any,
     from ctxq_cli.train import train_mask_prior
 
     check_trainable(fld, options)
-    from ctxq_cli.maskprior import fidelity_table
+    from ctxq_cli.mask_structure import fidelity_table
 
     model = train_mask_prior(fld.observed, domain, options, on, log_file, progress, control)
     model.training["data"] = str(fld.path)

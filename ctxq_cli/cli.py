@@ -80,8 +80,7 @@ def train_denoiser(
     sel: opt.SelOpt = None,
     isel: opt.IselOpt = None,
     group: opt.GroupOpt = None,
-    output: opt.OutputOpt = Path(
-        "denoiser.safetensors"),
+    output: opt.OutputOpt = Path("denoiser.safetensors"),
     window: opt.WindowOpt = 3,
     temporal: opt.TemporalOpt = "smoother",
     partition: opt.PartitionOpt = "auto",
@@ -327,8 +326,7 @@ def train_mask_prior(
     sel: opt.SelOpt = None,
     isel: opt.IselOpt = None,
     group: opt.GroupOpt = None,
-    output: opt.OutputOpt = Path(
-        "mask_prior.safetensors"),
+    output: opt.OutputOpt = Path("mask_prior.safetensors"),
     window: opt.PriorWindowOpt = 3,
     channels: opt.ChannelsOpt = "32,64",
     stem_patch: opt.StemPatchOpt = 2,

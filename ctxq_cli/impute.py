@@ -131,7 +131,7 @@ def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndar
                   frames: int, domain: np.ndarray, ensemble: int = 32, steps: int = 1,
                   seed: int = 0, members: bool = False, device: torch.device = torch.device("cpu"),
                   batch: int = 64, progress: bool = True, guided: bool = True,
-                 spread: Spread = Spread(), rho: float = 0.5,
+                  spread: Spread = Spread(), rho: float = 0.5,
                   guidance_weight: float = DEFAULT_CELL_WEIGHT, tiling: Tiling = Tiling(),
                   chunk: int | None = None, *, times: np.ndarray | None = None,
                   fill: slice | None = None) -> Iterator[tuple[int, Imputation]]:

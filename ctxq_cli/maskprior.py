@@ -64,9 +64,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
-from scipy import ndimage
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -324,77 +322,6 @@ def intersection_context(prior_masks: Tensor, observed: Tensor) -> tuple[Tensor,
     query = observed & ~context
     ratio = context.sum(dim=(1, 2, 3)).float() / observed.sum(dim=(1, 2, 3)).clamp(min=1).float()
     return context, query, ratio
-
-
-def mask_statistics(masks: Tensor | np.ndarray, domain: Tensor | np.ndarray | None = None,
-                    bins: int = 10) -> dict[str, Any]:
-    """Structure of a set of masks, to compare real and sampled ones; JSON-able floats/lists.
-
-    masks: (B, F, H, W) or (T, H, W) bool; domain: (H, W), (1, H, W) or (B, 1, H, W) bool or
-    None (everywhere). Returns the observed fraction (mean and a histogram per frame over
-    ``bins`` equal bins of [0, 1]), the lag-1 spatial autocorrelation of the mask (along x, y
-    and their mean; NaN when every cell has the same state) and the mean size of 4-connected
-    clusters of missing and of observed cells, in cells.
-    """
-    m = np.asarray(masks.cpu() if isinstance(masks, Tensor) else masks, dtype=bool)
-    if m.ndim == 3:
-        m = m[:, None]
-    if domain is None:
-        dom = np.ones_like(m)
-    else:
-        d = np.asarray(domain.cpu() if isinstance(domain, Tensor) else domain, dtype=bool)
-        dom = np.broadcast_to(d.reshape((1,) * (4 - d.ndim) + d.shape), m.shape)
-    h, w = m.shape[-2:]
-    m, dom = m.reshape(-1, h, w), dom.reshape(-1, h, w)   # (frames, H, W)
-    obs = m & dom
-    cells = dom.sum(axis=(1, 2))
-    frac = obs.sum(axis=(1, 2))[cells > 0] / cells[cells > 0]
-    hist, edges = np.histogram(frac, bins=bins, range=(0.0, 1.0))
-    p = obs.sum() / max(dom.sum(), 1)
-
-    def lag1(a: np.ndarray, b: np.ndarray, pairs: np.ndarray) -> float:
-        """Correlation of the mask between neighbour pairs, about the global mean."""
-        var = p * (1 - p)
-        if var == 0 or not pairs.any():
-            return float("nan")
-        return float(((a & b)[pairs].mean() - p * p) / var)
-
-    corr_x = lag1(obs[:, :, 1:], obs[:, :, :-1], dom[:, :, 1:] & dom[:, :, :-1])
-    corr_y = lag1(obs[:, 1:, :], obs[:, :-1, :], dom[:, 1:, :] & dom[:, :-1, :])
-    cross = np.zeros((3, 3, 3), dtype=bool)
-    cross[1] = ndimage.generate_binary_structure(2, 1)   # 4-connected within a frame only
-
-    def cluster_size(cells_of: np.ndarray) -> float:
-        """Mean size of the 4-connected clusters of True cells."""
-        _, n = ndimage.label(cells_of, structure=cross)
-        return float(cells_of.sum() / n) if n else 0.0
-
-    return {
-        "frames": int(len(frac)),
-        "observed_fraction": float(p),
-        "fraction_histogram": (hist / max(len(frac), 1)).tolist(),
-        "bin_edges": edges.tolist(),
-        "autocorrelation_x": corr_x,
-        "autocorrelation_y": corr_y,
-        "autocorrelation": float(np.mean([corr_x, corr_y])),
-        "missing_cluster_size": cluster_size(~m & dom),
-        "observed_cluster_size": cluster_size(obs),
-    }
-
-
-def fidelity_table(fidelity: dict[str, Any]) -> str:
-    """Real and sampled mask statistics side by side."""
-    rows = [("observed fraction", "observed_fraction"), ("autocorrelation (lag 1)",
-                                                          "autocorrelation"),
-            ("mean missing cluster (cells)", "missing_cluster_size"),
-            ("mean observed cluster (cells)", "observed_cluster_size")]
-    real, sampled = fidelity["real"], fidelity["sampled"]
-    lines = [f"  {'':<30}{'real':>10}{'sampled':>10}"]
-    lines += [f"  {label:<30}{real[key]:>10.3f}{sampled[key]:>10.3f}" for label, key in rows]
-    hist = "  ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(real["fraction_histogram"],
-                                                       sampled["fraction_histogram"]))
-    lines.append(f"  fraction histogram, 10 bins 0→1 (real/sampled): {hist}")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- pool

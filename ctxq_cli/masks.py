@@ -13,16 +13,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ctxq_cli import flags, layout, record, stored
 from ctxq_cli.errors import CtxqError
 from ctxq_cli.record import file_format
-
-if TYPE_CHECKING:    # reading imports this module
-    from ctxq_cli.reading import Field, FieldSource
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +27,10 @@ MASK_VARIABLE = record.MASK_VARIABLE
 DOMAIN_VARIABLES = ("domain", "mask", "lsm", "land_sea_mask", "sea_mask", "valid")
 
 
-def mask_reader(path: Path, source: FieldSource) -> Callable[[int, int], np.ndarray]:
-    """Frames [a, b) of a mask file (or its single static frame), as read_mask shapes them."""
-    names = source.template.names
+def mask_reader(path: Path, names: Sequence[str], frames: int, grid: tuple[int, int]
+                ) -> Callable[[int, int], np.ndarray]:
+    """Frames [a, b) of a mask file for a record of ``frames`` frames of variables ``names``
+    on ``grid`` (or its single static frame), as read_mask shapes them."""
     if file_format(path) == "netcdf":
         with stored.open_netcdf(path) as ds:
             var = ds.variables.get(MASK_VARIABLE)
@@ -41,7 +38,7 @@ def mask_reader(path: Path, source: FieldSource) -> Callable[[int, int], np.ndar
                 dims, shape = tuple(var.dimensions), tuple(var.shape)
                 time_axis = layout.time_axis_of(path, MASK_VARIABLE, dims, shape, {
                     d: stored.nc_attrs(ds.variables[d]) for d in dims if d in ds.variables})
-                if time_axis is not None and shape[time_axis] == source.frames > 1:
+                if time_axis is not None and shape[time_axis] == frames > 1:
                     attrs = stored.nc_attrs(var)
 
                     def read(a: int, b: int) -> np.ndarray:
@@ -56,10 +53,10 @@ def mask_reader(path: Path, source: FieldSource) -> Callable[[int, int], np.ndar
 
                     return read
     whole = read_mask(path, names)
-    if whole.shape[0] not in (1, source.frames) or whole.shape[-2:] != source.grid:
+    if whole.shape[0] not in (1, frames) or whole.shape[-2:] != grid:
         raise CtxqError(f"{path}: mask shape ({whole.shape[0]}, {whole.shape[-2]}, "
                         f"{whole.shape[-1]}) does not match data '{names[0]}' shape "
-                        f"({source.frames}, {source.grid[0]}, {source.grid[1]})")
+                        f"({frames}, {grid[0]}, {grid[1]})")
     return lambda a, b: whole if whole.shape[0] == 1 else whole[a:b]
 
 
@@ -106,20 +103,22 @@ def mask_to_internal(path: Path, name: str, mask: np.ndarray,
     return layout.to_internal(mask, time_axis)[:, None]
 
 
-def apply_mask(fld: Field, mask: np.ndarray, mask_path: Path) -> None:
-    """Intersect the field's observed cells with a mask file (broadcast over time/variables)."""
-    t, c, h, w = fld.values.shape
+def apply_mask(values: np.ndarray, observed: np.ndarray, mask: np.ndarray, mask_path: Path,
+               data_path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Values and observed cells (T, C, H, W) of variable ``name`` of ``data_path``
+    intersected with a mask file's (broadcast over time and variables)."""
+    t, c, h, w = values.shape
     mt, mc, mh, mw = mask.shape
     if (mh, mw) != (h, w) or mt not in (1, t) or mc not in (1, c):
         raise CtxqError(f"{mask_path}: mask shape ({mt}, {mh}, {mw}) does not match data "
-                        f"'{fld.names[0]}' shape ({t}, {h}, {w})")
-    mask = np.broadcast_to(mask, fld.observed.shape)
-    absent = (mask & ~fld.observed).sum()
+                        f"'{name}' shape ({t}, {h}, {w})")
+    mask = np.broadcast_to(mask, observed.shape)
+    absent = (mask & ~observed).sum()
     if absent:
         log.warning("%s: %d cells marked observed have no value in %s; treated as missing",
-                    mask_path, int(absent), fld.path)
-    fld.observed = fld.observed & mask
-    fld.values = np.where(fld.observed, fld.values, 0).astype(fld.values.dtype)
+                    mask_path, int(absent), data_path)
+    observed = observed & mask
+    return np.where(observed, values, 0).astype(values.dtype), observed
 
 
 def read_domain(path: Path | str, grid: tuple[int, int],

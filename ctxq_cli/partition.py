@@ -37,9 +37,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import Tensor
+
+from ctxq_cli.mask_structure import MaskStructure
 
 log = logging.getLogger(__name__)
 
@@ -276,57 +277,6 @@ def build_partition(config: dict[str, Any], masks: Tensor | None = None) -> Part
 
 
 # ----------------------------------------------------------------------------- diagnostics
-
-@dataclass(frozen=True)
-class MaskStructure:
-    """Measured structure of a set of observation masks."""
-
-    missing_fraction: float
-    neighbour_correlation: float   # lag-1 correlation of the missing indicator in space
-    temporal_change: float         # fraction of cells whose state changes between frames
-    cluster_size: float            # mean length of missing runs along rows, in cells
-
-    @property
-    def scattered(self) -> bool:
-        """Whether missing cells are nearly independent of their neighbours (pixel dropout)."""
-        return self.neighbour_correlation < 0.2
-
-    @property
-    def block_size(self) -> int:
-        """Block side matching the gaps: the mean missing run, within [2, 32] cells."""
-        return int(np.clip(round(self.cluster_size), 2, 32))
-
-    def describe(self) -> str:
-        """One line for the log."""
-        return (f"missing {100 * self.missing_fraction:.1f} %, neighbour correlation "
-                f"{self.neighbour_correlation:.2f}, change between frames "
-                f"{100 * self.temporal_change:.1f} %, missing runs {self.cluster_size:.1f} cells")
-
-
-def mask_structure(observed: np.ndarray, domain: np.ndarray) -> MaskStructure:
-    """Measure missing fraction, spatial correlation, temporal change and run length.
-
-    ``observed`` is (T, H, W) bool, ``domain`` (H, W) bool; cells outside the domain are ignored.
-    """
-    miss = (~observed & domain).astype(np.float64)
-    inside = np.broadcast_to(domain, observed.shape)
-    p = miss[inside].mean() if inside.any() else 0.0
-    pairs_x = inside[:, :, 1:] & inside[:, :, :-1]
-    pairs_y = inside[:, 1:, :] & inside[:, :-1, :]
-    both = (np.sum((miss[:, :, 1:] * miss[:, :, :-1])[pairs_x]) +
-            np.sum((miss[:, 1:, :] * miss[:, :-1, :])[pairs_y]))
-    npairs = pairs_x.sum() + pairs_y.sum()
-    var = p * (1 - p)
-    corr = float((both / max(npairs, 1) - p * p) / var) if var > 0 else 0.0
-    if observed.shape[0] > 1:
-        change = np.logical_xor(observed[1:], observed[:-1])[np.broadcast_to(
-            domain, observed[1:].shape)].mean()
-    else:
-        change = 0.0
-    runs = np.diff(miss, axis=2, prepend=0, append=0)
-    starts = (runs > 0).sum()
-    cluster = float(miss.sum() / starts) if starts else 0.0
-    return MaskStructure(float(p), corr, float(change), cluster)
 
 
 def choose_partition(structure: MaskStructure, ratio: float,

@@ -242,10 +242,9 @@ class FieldSource:
         """Values (0 where missing) and observed cells of frames [a, b)."""
         values, observed = self.reader(a, b)
         if self.mask is not None:
-            part = Field(self.template.path, self.template.format, self.template.names, values,
-                         observed)
-            masks.apply_mask(part, self.mask(a, b), self.mask_path)
-            values, observed = part.values, part.observed
+            values, observed = masks.apply_mask(values, observed, self.mask(a, b),
+                                                self.mask_path, self.template.path,
+                                                self.template.names[0])
         return values, observed
 
 
@@ -455,7 +454,9 @@ def _read_npz(path: Path, requested: Sequence[str] | None, default: Sequence[str
                 observed=~np.stack(missing, axis=1), dims=dims, shape=shape,
                 time_axis=time_axis, var_attrs=[{} for _ in names])
     if masks.MASK_VARIABLE in arrays:
-        masks.apply_mask(fld, masks.read_mask(path, names), path)
+        fld.values, fld.observed = masks.apply_mask(fld.values, fld.observed,
+                                                    masks.read_mask(path, names), path, path,
+                                                    names[0])
     return fld
 
 
@@ -508,7 +509,9 @@ def open_field(inputs: Inputs, variables: Sequence[str] | None = None,
                                quality, selection)
     if mask_path is not None:
         mask_path = Path(mask_path)
-        source.mask, source.mask_path = masks.mask_reader(mask_path, source), mask_path
+        source.mask = masks.mask_reader(mask_path, source.template.names, source.frames,
+                                        source.grid)
+        source.mask_path = mask_path
     return source
 
 

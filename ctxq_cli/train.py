@@ -31,12 +31,12 @@ from ctxq_cli.diffusion import (
 from ctxq_cli.distributed import WindowSampler
 from ctxq_cli.errors import CtxqError
 from ctxq_cli.loop import LoopOptions, RunControl, optimise
+from ctxq_cli.mask_structure import mask_statistics, mask_structure
 from ctxq_cli.maskprior import (
     MaskPrior,
     MaskPriorConfig,
     draw_pool,
     mask_prior_loss,
-    mask_statistics,
     sample_masks,
 )
 from ctxq_cli.model import DenoiserModel, MaskPriorModel
@@ -46,7 +46,6 @@ from ctxq_cli.partition import (
     Partition,
     PartitionInputs,
     choose_partition,
-    mask_structure,
 )
 from ctxq_cli.temporal import Smoother, SmootherConfig, first_guess, fit_smoother
 from ctxq_cli.unet import UNetConfig

@@ -34,7 +34,7 @@ import logging
 import numpy as np
 
 from ctxq_cli.errors import CtxqError
-from ctxq_cli.partition import mask_structure
+from ctxq_cli.mask_structure import mask_structure
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from ctxq_cli.mask_structure import mask_statistics
 from ctxq_cli.maskprior import (
     Guidance,
     MaskPrior,
@@ -16,7 +17,6 @@ from ctxq_cli.maskprior import (
     draw_pool,
     intersection_context,
     mask_prior_loss,
-    mask_statistics,
     sample_masks,
 )
 from ctxq_cli.partition import IntersectionPartition, build_partition, query_probability

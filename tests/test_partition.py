@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from ctxq_cli.mask_structure import mask_structure
 from ctxq_cli.partition import (
     BlockPartition,
     IntersectionPartition,
     PixelPartition,
     build_partition,
     choose_partition,
-    mask_structure,
     query_probability,
 )
 

@@ -1,0 +1,149 @@
+"""The structure of observation masks, measured one way for every use: choosing a partition
+and withholding cells like the gaps (:class:`MaskStructure`), and comparing the masks a mask
+prior samples with the real ones (:func:`mask_statistics`).
+
+Both rest on the same quantities: the missing (or observed) fraction inside the domain, the
+lag-1 correlation of the mask between neighbouring cells (:func:`neighbour_pairs`; the
+indicator's correlation is the same for missing and observed cells), and the size of gaps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from torch import Tensor
+
+
+def neighbour_pairs(cells: np.ndarray, inside: np.ndarray) -> tuple[tuple[float, int], ...]:
+    """(number of pairs both in ``cells``, number of pairs) of neighbours inside, along x and
+    along y; ``cells`` and ``inside`` are (frames, H, W) bool."""
+    pairs_x = inside[:, :, 1:] & inside[:, :, :-1]
+    pairs_y = inside[:, 1:, :] & inside[:, :-1, :]
+    both_x = np.sum((cells[:, :, 1:] & cells[:, :, :-1])[pairs_x], dtype=np.float64)
+    both_y = np.sum((cells[:, 1:, :] & cells[:, :-1, :])[pairs_y], dtype=np.float64)
+    return (float(both_x), int(pairs_x.sum())), (float(both_y), int(pairs_y.sum()))
+
+
+def lag1_correlation(both: float, pairs: int, p: float) -> float:
+    """Correlation of a 0/1 indicator of mean ``p`` between neighbours, from the number of
+    neighbour pairs where it is 1 at both ends (NaN when undefined)."""
+    var = p * (1 - p)
+    if var == 0 or pairs == 0:
+        return float("nan")
+    return float((both / pairs - p * p) / var)
+
+
+@dataclass(frozen=True)
+class MaskStructure:
+    """Measured structure of a set of observation masks."""
+
+    missing_fraction: float
+    neighbour_correlation: float   # lag-1 correlation of the missing indicator in space
+    temporal_change: float         # fraction of cells whose state changes between frames
+    cluster_size: float            # mean length of missing runs along rows, in cells
+
+    @property
+    def scattered(self) -> bool:
+        """Whether missing cells are nearly independent of their neighbours (pixel dropout)."""
+        return self.neighbour_correlation < 0.2
+
+    @property
+    def block_size(self) -> int:
+        """Block side matching the gaps: the mean missing run, within [2, 32] cells."""
+        return int(np.clip(round(self.cluster_size), 2, 32))
+
+    def describe(self) -> str:
+        """One line for the log."""
+        return (f"missing {100 * self.missing_fraction:.1f} %, neighbour correlation "
+                f"{self.neighbour_correlation:.2f}, change between frames "
+                f"{100 * self.temporal_change:.1f} %, missing runs {self.cluster_size:.1f} cells")
+
+
+def mask_structure(observed: np.ndarray, domain: np.ndarray) -> MaskStructure:
+    """Measure missing fraction, spatial correlation, temporal change and run length.
+
+    ``observed`` is (T, H, W) bool, ``domain`` (H, W) bool; cells outside the domain are ignored.
+    """
+    missing = ~observed & domain
+    miss = missing.astype(np.float64)
+    inside = np.broadcast_to(domain, observed.shape)
+    p = miss[inside].mean() if inside.any() else 0.0
+    (both_x, n_x), (both_y, n_y) = neighbour_pairs(missing, inside)   # x and y pooled
+    corr = lag1_correlation(both_x + both_y, n_x + n_y, p)
+    corr = 0.0 if np.isnan(corr) else corr
+    if observed.shape[0] > 1:
+        change = np.logical_xor(observed[1:], observed[:-1])[np.broadcast_to(
+            domain, observed[1:].shape)].mean()
+    else:
+        change = 0.0
+    runs = np.diff(miss, axis=2, prepend=0, append=0)
+    starts = (runs > 0).sum()
+    cluster = float(miss.sum() / starts) if starts else 0.0
+    return MaskStructure(float(p), corr, float(change), cluster)
+
+
+def mask_statistics(masks: Tensor | np.ndarray, domain: Tensor | np.ndarray | None = None,
+                    bins: int = 10) -> dict[str, Any]:
+    """Structure of a set of masks, to compare real and sampled ones; JSON-able floats/lists.
+
+    masks: (B, F, H, W) or (T, H, W) bool; domain: (H, W), (1, H, W) or (B, 1, H, W) bool or
+    None (everywhere). Returns the observed fraction (mean and a histogram per frame over
+    ``bins`` equal bins of [0, 1]), the lag-1 spatial autocorrelation of the mask (along x, y
+    and their mean; NaN when every cell has the same state) and the mean size of 4-connected
+    clusters of missing and of observed cells, in cells.
+    """
+    m = np.asarray(masks.cpu() if isinstance(masks, Tensor) else masks, dtype=bool)
+    if m.ndim == 3:
+        m = m[:, None]
+    if domain is None:
+        dom = np.ones_like(m)
+    else:
+        d = np.asarray(domain.cpu() if isinstance(domain, Tensor) else domain, dtype=bool)
+        dom = np.broadcast_to(d.reshape((1,) * (4 - d.ndim) + d.shape), m.shape)
+    h, w = m.shape[-2:]
+    m, dom = m.reshape(-1, h, w), dom.reshape(-1, h, w)   # (frames, H, W)
+    obs = m & dom
+    cells = dom.sum(axis=(1, 2))
+    frac = obs.sum(axis=(1, 2))[cells > 0] / cells[cells > 0]
+    hist, edges = np.histogram(frac, bins=bins, range=(0.0, 1.0))
+    p = obs.sum() / max(dom.sum(), 1)
+
+    (both_x, n_x), (both_y, n_y) = neighbour_pairs(obs, dom)
+    corr_x, corr_y = lag1_correlation(both_x, n_x, p), lag1_correlation(both_y, n_y, p)
+    cross = np.zeros((3, 3, 3), dtype=bool)
+    cross[1] = ndimage.generate_binary_structure(2, 1)   # 4-connected within a frame only
+
+    def cluster_size(cells_of: np.ndarray) -> float:
+        """Mean size of the 4-connected clusters of True cells."""
+        _, n = ndimage.label(cells_of, structure=cross)
+        return float(cells_of.sum() / n) if n else 0.0
+
+    return {
+        "frames": int(len(frac)),
+        "observed_fraction": float(p),
+        "fraction_histogram": (hist / max(len(frac), 1)).tolist(),
+        "bin_edges": edges.tolist(),
+        "autocorrelation_x": corr_x,
+        "autocorrelation_y": corr_y,
+        "autocorrelation": float(np.mean([corr_x, corr_y])),
+        "missing_cluster_size": cluster_size(~m & dom),
+        "observed_cluster_size": cluster_size(obs),
+    }
+
+
+def fidelity_table(fidelity: dict[str, Any]) -> str:
+    """Real and sampled mask statistics side by side."""
+    rows = [("observed fraction", "observed_fraction"), ("autocorrelation (lag 1)",
+                                                          "autocorrelation"),
+            ("mean missing cluster (cells)", "missing_cluster_size"),
+            ("mean observed cluster (cells)", "observed_cluster_size")]
+    real, sampled = fidelity["real"], fidelity["sampled"]
+    lines = [f"  {'':<30}{'real':>10}{'sampled':>10}"]
+    lines += [f"  {label:<30}{real[key]:>10.3f}{sampled[key]:>10.3f}" for label, key in rows]
+    hist = "  ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(real["fraction_histogram"],
+                                                       sampled["fraction_histogram"]))
+    lines.append(f"  fraction histogram, 10 bins 0→1 (real/sampled): {hist}")
+    return "\n".join(lines)
