@@ -112,7 +112,7 @@ class Batch:
     values: Tensor                  # (B, F, h, w) normalised, 0 where missing
     observed: Tensor                # (B, F, h, w) bool
     domain: Tensor                  # (B, 1, h, w) bool
-    cells: Tensor | None = None     # (B, 2, h, w) grid cells of a patch (None: the grid)
+    positions: Tensor | None = None     # (B, 2, h, w) grid positions of a patch (None: the grid)
     messages: tuple[Tensor, Tensor, Tensor] | None = None   # the smoother's, for a window
 
 
@@ -199,12 +199,12 @@ class Windows:
             flat = state.permute(0, 1, 4, 2, 3).reshape(size, c * STATE, h, w)
             return crop(flat).reshape(size, c, STATE, ph, pw).permute(0, 1, 3, 4, 2)
 
-        cells = torch.cat([rows.expand(-1, 1, ph, pw), cols.expand(-1, 1, ph, pw)], dim=1)
+        positions = torch.cat([rows.expand(-1, 1, ph, pw), cols.expand(-1, 1, ph, pw)], dim=1)
         messages = None
         if full.messages is not None:
             entering, leaving, steps = full.messages
             messages = (crop_states(entering), crop_states(leaving), steps)
-        return Batch(crop(full.values), crop(full.observed), crop(full.domain), cells, messages)
+        return Batch(crop(full.values), crop(full.observed), crop(full.domain), positions, messages)
 
     def sequential(self, stride: int) -> list[Batch]:
         """Every ``stride``-th window in order (for validation), whole grid."""

@@ -95,10 +95,10 @@ class Denoiser(nn.Module):
         return 2 * fields + 1 + (2 * fields if first_guess else 0)
 
     def forward(self, noisy: Tensor, sigma: Tensor, context: Tensor, domain: Tensor,
-                cells: Tensor | None = None, first_guess: Tensor | None = None) -> Tensor:
+                positions: Tensor | None = None, first_guess: Tensor | None = None) -> Tensor:
         """noisy, context: (B, F, H, W); sigma: (B,); domain: (B, 1, H, W) -> (B, F, H, W).
 
-        ``cells`` (B, 2, H, W) or (2, H, W): the training-grid cells of a patch or tile
+        ``positions`` (B, 2, H, W) or (2, H, W): the training-grid (row, column) of a patch or tile
         (None: the grid). ``first_guess`` (B, 2F, H, W): mean and standard deviation computed
         from the context, for a denoiser built with one.
         """
@@ -114,7 +114,7 @@ class Denoiser(nn.Module):
         parts = [c_in * noisy * ctx, ctx, domain.to(noisy.dtype)]
         if first_guess is not None:
             parts.append(first_guess.to(noisy.dtype))
-        out = self.net(torch.cat(parts, dim=1), torch.log(sigma) / 4, cells)
+        out = self.net(torch.cat(parts, dim=1), torch.log(sigma) / 4, positions)
         filled = out if first_guess is None else first_guess[:, :out.shape[1]] + out
         return torch.where(context, c_skip * noisy + c_out * out, filled)
 
@@ -127,7 +127,7 @@ def add_noise(values: Tensor, sigma: Tensor, generator: torch.Generator) -> Tens
 
 def context_query_loss(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Tensor,
                        partition: Partition, schedule: NoiseSchedule,
-                       generator: torch.Generator, cells: Tensor | None = None,
+                       generator: torch.Generator, positions: Tensor | None = None,
                        first_guess: FirstGuess | None = None,
                        query_only: Tensor | None = None) -> Tensor:
     """Mean squared error of the denoiser on query cells, given a noisy context.
@@ -141,7 +141,7 @@ def context_query_loss(denoiser: Denoiser, values: Tensor, observed: Tensor, dom
     sigma = schedule.sample(values.shape[0], generator, values.device)
     noisy = add_noise(values, sigma, generator) * context
     guess = None if first_guess is None else first_guess(context)
-    pred = denoiser(noisy, sigma, context, domain, cells, guess)
+    pred = denoiser(noisy, sigma, context, domain, positions, guess)
     q = query.to(pred.dtype)
     return ((pred - values) ** 2 * q).sum() / q.sum().clamp(min=1)
 
@@ -154,11 +154,11 @@ def _batched(fn: Callable[[slice], Tensor], total: int, batch: int) -> Tensor:
 @torch.no_grad()
 def single_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Tensor,
                 partition: Partition, sigma: float, generators: list[torch.Generator],
-                batch: int = 64, cells: Tensor | None = None,
+                batch: int = 64, positions: Tensor | None = None,
                 first_guess: FirstGuess | None = None) -> Tensor:
     """One denoiser pass per member, each with its own context mask and noise.
 
-    values, observed: (F, H, W); domain: (1, H, W); cells (2, H, W) or None; one generator
+    values, observed: (F, H, W); domain: (1, H, W); positions (2, H, W) or None; one generator
     per member; ``first_guess`` maps each member's context to its first guess.
     Returns (K, F, H, W) clean estimates.
     """
@@ -174,7 +174,7 @@ def single_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Te
 
     def run(s: slice) -> Tensor:
         guess = None if first_guess is None else first_guess(ctx_t[s])
-        return denoiser(noisy_t[s], sig[s], ctx_t[s], dom[s], cells, guess)
+        return denoiser(noisy_t[s], sig[s], ctx_t[s], dom[s], positions, guess)
 
     return _batched(run, k, batch)
 
@@ -187,7 +187,7 @@ def omega(progress: Tensor | float) -> float:
 @torch.no_grad()
 def multi_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Tensor,
                prior_mean: Tensor, partition: Partition, schedule: NoiseSchedule, steps: int,
-               generators: list[torch.Generator], batch: int = 64, cells: Tensor | None = None,
+               generators: list[torch.Generator], batch: int = 64, positions: Tensor | None = None,
                first_guess: FirstGuess | None = None) -> Tensor:
     """Posterior samples by the blended RePaint-style sampler.
 
@@ -217,7 +217,7 @@ def multi_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Ten
             ctx.append(partition.sample(rolled[None], g)[0][0])
         ctx_t = torch.stack(ctx)
         pred = _batched(lambda s, x=x, c=ctx_t, n=sigma.expand(k): denoiser(
-            x[s] * c[s], n[s], c[s], dom[s], cells, None if guess is None else guess[s]),
+            x[s] * c[s], n[s], c[s], dom[s], positions, None if guess is None else guess[s]),
             k, batch)
         w_t = omega(i / max(steps - 1, 1))
         x0 = w_t * pred + (1 - w_t) * prior_mean[None]

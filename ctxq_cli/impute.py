@@ -321,7 +321,7 @@ def _windows_owning(by_start: dict[int, list[_Job]], starts: list[int], window: 
             for j in by_start[s]]
 
 
-def tile_cells(tile: Tile, padded: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+def tile_positions(tile: Tile, padded: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
     """Training-grid (row, col) of each cell of a padded tile: (2, *padded).
 
     Padding cells continue the tile's last row and column, as the padding of the training
@@ -384,7 +384,7 @@ class _TileRunner:
         dom = torch.from_numpy(pad_grid(dom_t, multiple))[None].to(dev)
         hp, wp = v.shape[-2:]
         position = model.denoiser.net.position
-        cells = None if position is None else tile_cells(tile, (hp, wp),
+        positions = None if position is None else tile_positions(tile, (hp, wp),
                                                          position.shape[-2:]).to(dev)
         ensemble = 1 + max(j.member for j in first_pass)
         est = torch.zeros((ensemble, n, c, hp, wp), device=dev)
@@ -418,7 +418,7 @@ class _TileRunner:
 
         sigma = model.schedule.sigma_min
         run(first_pass, 0, lambda r, wv, wo, g: single_step(
-            self.denoiser, wv, wo, dom, partition, sigma, g, self.batch, cells,
+            self.denoiser, wv, wo, dom, partition, sigma, g, self.batch, positions,
             guess(r, wv[None])))
         if isinstance(partition, GuidedPriorPartition):
             self.ratios += partition.ratios
@@ -427,7 +427,7 @@ class _TileRunner:
             run(second_pass, 1, lambda r, wv, wo, g: multi_step(
                 self.denoiser, wv, wo, dom, prior_mean[r:r + win].reshape(win * c, hp, wp),
                 model.partition, model.schedule, self.steps, g, self.batch,
-                cells, guess(r, wv[None])))
+                positions, guess(r, wv[None])))
         return est[..., :th, :tw].cpu().numpy()
 
 

@@ -160,7 +160,7 @@ def validation_loss(denoiser: Denoiser, windows: Windows, partition: Partition,
     total, n = 0.0, 0
     for batch in windows.sequential(stride=max(1, windows.window)):
         total += float(context_query_loss(denoiser, batch.values, batch.observed, batch.domain,
-                                          partition, low, g, batch.cells,
+                                          partition, low, g, batch.positions,
                                           batch_first_guess(windows, batch))) * len(batch.values)
         n += len(batch.values)
     return total / max(n, 1)
@@ -263,7 +263,7 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
     def loss_fn(net: nn.Module, g: torch.Generator) -> Tensor:
         batch = train_w.batch(sampler.next(), g)
         return context_query_loss(net, batch.values, batch.observed, batch.domain, partition,
-                                  schedule, g, batch.cells, batch_first_guess(train_w, batch))
+                                  schedule, g, batch.positions, batch_first_guess(train_w, batch))
 
     def validate(ema: nn.Module) -> float:
         return validation_loss(ema, val_w, partition, schedule, options.seed)

@@ -144,28 +144,29 @@ class UNet(nn.Module):
         self.head = nn.Sequential(_norm(ch[0]), nn.SiLU(),
                                   nn.Conv2d(ch[0], config.out_channels * p2, 3, padding=1))
 
-    def positions(self, cells: Tensor | None, batch: int, size: tuple[int, int]) -> Tensor:
-        """The position map (B, P, H, W) at ``cells``: row and column indices (B, 2, H, W),
-        or (2, H, W) shared by the batch, or None for the whole map."""
+    def position_map(self, positions: Tensor | None, batch: int, size: tuple[int, int]) -> Tensor:
+        """The learned map (B, P, H, W) at ``positions``: training-grid (row, column) indices
+        (B, 2, H, W), or (2, H, W) shared by the batch, or None for the whole map."""
         assert self.position is not None
-        if cells is None:
+        if positions is None:
             if tuple(size) != tuple(self.position.shape[-2:]):
                 raise ValueError(f"grid {tuple(size)} is not the training grid "
                                  f"{tuple(self.position.shape[-2:])} of the position map")
             return self.position[None].expand(batch, -1, -1, -1)
-        if cells.dim() == 3:
-            return self.position[:, cells[0], cells[1]][None].expand(batch, -1, -1, -1)
-        return self.position[:, cells[:, 0], cells[:, 1]].transpose(0, 1)
+        if positions.dim() == 3:
+            return self.position[:, positions[0], positions[1]][None].expand(batch, -1, -1, -1)
+        return self.position[:, positions[:, 0], positions[:, 1]].transpose(0, 1)
 
-    def forward(self, x: Tensor, c_noise: Tensor, cells: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, c_noise: Tensor, positions: Tensor | None = None) -> Tensor:
         """x: (B, C_in, H, W), c_noise: (B,) -> (B, C_out, H, W).
 
-        ``cells`` (B, 2, H, W) or (2, H, W) says which cells of the training grid x covers (a
-        patch or a tile); None means the whole grid.
+        ``positions`` (B, 2, H, W) or (2, H, W) are the training-grid (row, column) of x's
+        cells (a patch or a tile); None means the whole grid.
         """
         emb = self.embed(noise_embedding(c_noise, self.config.embedding))
         if self.position is not None:
-            x = torch.cat([x, self.positions(cells, len(x), x.shape[-2:]).to(x.dtype)], dim=1)
+            where = self.position_map(positions, len(x), x.shape[-2:])
+            x = torch.cat([x, where.to(x.dtype)], dim=1)
         if self.stem.weight.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)   # a GPU's tensor cores' layout
         p = self.config.patch

@@ -8,7 +8,7 @@ import torch
 
 from ctxq_cli.data import Normalization
 from ctxq_cli.errors import CtxqError
-from ctxq_cli.impute import calibrate_spread, impute_field, tile_cells, window_plan
+from ctxq_cli.impute import calibrate_spread, impute_field, tile_positions, window_plan
 from ctxq_cli.spread import Spread
 from ctxq_cli.tiles import Tiling, plan
 from ctxq_cli.train import TrainOptions, train_denoiser
@@ -209,10 +209,10 @@ def test_a_model_with_a_position_map_refuses_another_grid(model):
 
 def test_a_whole_grid_tile_sees_the_position_map_it_was_trained_with():
     tile = plan((37, 49), Tiling())[0]
-    cells = tile_cells(tile, (40, 56), (40, 56))     # padded as training padded the grid
+    cells = tile_positions(tile, (40, 56), (40, 56))     # padded as training padded the grid
     rows, cols = torch.meshgrid(torch.arange(40), torch.arange(56), indexing="ij")
     assert torch.equal(cells, torch.stack([rows, cols]))
-    edge = tile_cells(plan((37, 49), Tiling(size=16, overlap=4))[-1], (16, 16), (40, 56))
+    edge = tile_positions(plan((37, 49), Tiling(size=16, overlap=4))[-1], (16, 16), (40, 56))
     assert int(edge.max()) <= 55 and int(edge[0].min()) == 21
 
 

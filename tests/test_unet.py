@@ -33,12 +33,12 @@ def test_a_patch_looks_up_its_own_cells_of_the_position_map():
     rows = torch.arange(4, 12)[:, None].expand(8, 8)
     cols = torch.arange(10, 18)[None, :].expand(8, 8)
     cells = torch.stack([rows, cols])[None]                  # (1, 2, 8, 8)
-    patch = net.positions(cells, 1, (8, 8))
+    patch = net.position_map(cells, 1, (8, 8))
     torch.testing.assert_close(patch[0], net.position[:, 4:12, 10:18])
-    whole = net.positions(None, 2, (16, 24))
+    whole = net.position_map(None, 2, (16, 24))
     assert whole.shape == (2, 3, 16, 24)
     with pytest.raises(ValueError, match="training grid"):
-        net.positions(None, 1, (16, 16))
+        net.position_map(None, 1, (16, 16))
 
 
 def test_a_patch_trains_only_the_cells_it_covers():
