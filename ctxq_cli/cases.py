@@ -123,8 +123,9 @@ def cross_validation(fld: reading.Field, model: Any, checkpoint: Path, domain: n
     times = model_times(fld, model)
     start = time.perf_counter()
     ensemble, steps = options.ensemble, options.steps
-    result, _ = impute_calibrated(model, values, kept, dom, ensemble, steps, seed, device,
-                                  options.batch_size, progress, options.calibrate, times=times)
+    result, _ = impute_calibrated(model, values, kept, dom, ensemble=ensemble, steps=steps,
+                                  seed=seed, device=device, batch=options.batch_size,
+                                  progress=progress, calibrate=options.calibrate, times=times)
     ctxq = evaluation.Estimate("ctxq", result.mean, std=result.std, members=result.members,
                                seconds=time.perf_counter() - start)
     return evaluation.Case(

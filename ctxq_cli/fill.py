@@ -106,9 +106,9 @@ def fill_record(model: Any, source: reading.FieldSource, open_output: OpenOutput
     empty: list[int] = []
     with open_output(fld, specs) as writer:
         for a, result in impute_chunks(model, source.read, source.frames, dom,
-                                       options.ensemble, options.steps, options.seed,
-                                       options.members, progress=progress, spread=scale,
-                                       chunk=chunk, **run):
+                                       ensemble=options.ensemble, steps=options.steps,
+                                       seed=options.seed, members=options.members,
+                                       progress=progress, spread=scale, chunk=chunk, **run):
             writer.write(a, output_arrays(fld.names, result))
             ever |= result.observed.any(axis=(0, 1))
             empty += [a + f for f in result.empty_frames]

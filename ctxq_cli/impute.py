@@ -102,21 +102,22 @@ class _Job:
 
 
 def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
-                 domain: np.ndarray, ensemble: int = 32, steps: int = 1, seed: int = 0,
+                 domain: np.ndarray, *, ensemble: int = 32, steps: int = 1, seed: int = 0,
                  members: bool = False, device: torch.device = torch.device("cpu"),
                  batch: int = 64, progress: bool = True, guided: bool = True,
                  spread: Spread = Spread(), rho: float = 0.5,
                  guidance_weight: float = DEFAULT_CELL_WEIGHT, tiling: Tiling = Tiling(),
-                 chunk: int | None = None, *, times: np.ndarray | None = None,
+                 chunk: int | None = None, times: np.ndarray | None = None,
                  fill: slice | None = None) -> Imputation:
     """Fill a (T, C, H, W) field held in memory; observed values are returned unchanged.
 
     See :func:`impute_chunks` for the options; the result does not depend on ``chunk``.
     """
-    parts = list(impute_chunks(model, lambda a, b: (values[a:b], observed[a:b]),
-                               values.shape[0], domain, ensemble, steps, seed, members, device,
-                               batch, progress, guided, spread, rho,
-                               guidance_weight, tiling, chunk, times=times, fill=fill))
+    parts = list(impute_chunks(
+        model, lambda a, b: (values[a:b], observed[a:b]), values.shape[0], domain,
+        ensemble=ensemble, steps=steps, seed=seed, members=members, device=device, batch=batch,
+        progress=progress, guided=guided, spread=spread, rho=rho,
+        guidance_weight=guidance_weight, tiling=tiling, chunk=chunk, times=times, fill=fill))
     return Imputation(
         mean=np.concatenate([p.mean for _, p in parts]),
         std=np.concatenate([p.std for _, p in parts]),
@@ -128,12 +129,12 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
 
 
 def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
-                  frames: int, domain: np.ndarray, ensemble: int = 32, steps: int = 1,
+                  frames: int, domain: np.ndarray, *, ensemble: int = 32, steps: int = 1,
                   seed: int = 0, members: bool = False, device: torch.device = torch.device("cpu"),
                   batch: int = 64, progress: bool = True, guided: bool = True,
                   spread: Spread = Spread(), rho: float = 0.5,
                   guidance_weight: float = DEFAULT_CELL_WEIGHT, tiling: Tiling = Tiling(),
-                  chunk: int | None = None, *, times: np.ndarray | None = None,
+                  chunk: int | None = None, times: np.ndarray | None = None,
                   fill: slice | None = None) -> Iterator[tuple[int, Imputation]]:
     """Fill a field of ``frames`` frames, ``chunk`` frames at a time; yield (first frame, result).
 
@@ -490,9 +491,9 @@ def _finish(model: DenoiserModel, est: np.ndarray, values: np.ndarray, observed:
 
 
 def impute_calibrated(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
-                      domain: np.ndarray, ensemble: int = 32, steps: int = 1, seed: int = 0,
+                      domain: np.ndarray, *, ensemble: int = 32, steps: int = 1, seed: int = 0,
                       device: torch.device = torch.device("cpu"), batch: int = 64,
-                      progress: bool = False, calibrate: bool = True, *,
+                      progress: bool = False, calibrate: bool = True,
                       times: np.ndarray | None = None,
                       fill: slice | None = None) -> tuple[Imputation, Spread]:
     """Fill a field held in memory with every member kept and the spread calibrated on
@@ -502,8 +503,9 @@ def impute_calibrated(model: DenoiserModel, values: np.ndarray, observed: np.nda
         scale = calibrate_spread(model, lambda a, b: (values[a:b], observed[a:b]), len(values),
                                  domain, ensemble, seed, device=device, batch=batch,
                                  times=times)
-    result = impute_field(model, values, observed, domain, ensemble, steps, seed, True, device,
-                          batch, progress, spread=scale, times=times, fill=fill)
+    result = impute_field(model, values, observed, domain, ensemble=ensemble, steps=steps,
+                          seed=seed, members=True, device=device, batch=batch,
+                          progress=progress, spread=scale, times=times, fill=fill)
     return result, scale
 
 
@@ -535,8 +537,9 @@ def calibrate_spread(model: DenoiserModel,
             observed[lo - a:hi - a] &= ~hidden[lo - used.start:hi - used.start]
         return np.where(observed, values, 0), observed
 
-    parts = [p for _, p in impute_chunks(model, without_hidden, frames, domain, ensemble, 1,
-                                         seed, progress=False, fill=used, **options)]
+    parts = [p for _, p in impute_chunks(model, without_hidden, frames, domain,
+                                         ensemble=ensemble, seed=seed, progress=False,
+                                         fill=used, **options)]
     errors = np.concatenate([p.mean for p in parts])[hidden] - v[hidden]
     members_std = np.concatenate([p.std for p in parts])[hidden]
     first_std = (None if parts[0].first_guess_std is None else

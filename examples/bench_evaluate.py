@@ -84,7 +84,7 @@ def run_case(name: str, truth: np.ndarray, mask: str, args: argparse.Namespace,
             model.save(saved)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
-    result, scale = impute_calibrated(model, values, observed, domain, args.ensemble,
+    result, scale = impute_calibrated(model, values, observed, domain, ensemble=args.ensemble,
                                       device=dev)
     ctxq = evaluation.Estimate("ctxq", result.mean, std=result.std, members=result.members,
                                seconds=time.perf_counter() - start)

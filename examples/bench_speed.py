@@ -126,7 +126,8 @@ def impute_rate(model, values, observed, domain, ensemble, steps, device, repeat
     for r in range(repeats + 1):          # the first run warms up (and is dropped)
         sync(device)
         start = time.perf_counter()
-        impute_field(model, values, observed, domain, ensemble, steps, seed=r, device=device,
+        impute_field(model, values, observed, domain, ensemble=ensemble, steps=steps, seed=r,
+                     device=device,
                      progress=False)
         sync(device)
         times.append(time.perf_counter() - start)

@@ -122,7 +122,7 @@ def fill(model: DenoiserModel, values: np.ndarray, observed: np.ndarray, times: 
     """ctxq's calibrated ensemble over frames ``part`` of a record (every frame in reach)."""
     domain = np.ones(values.shape[-2:], bool)
     start = time.perf_counter()
-    result, scale = impute_calibrated(model, values, observed, domain, args.ensemble,
+    result, scale = impute_calibrated(model, values, observed, domain, ensemble=args.ensemble,
                                       times=times, fill=part)
     return evaluation.Estimate("ctxq", result.mean, std=result.std, members=result.members,
                                seconds=time.perf_counter() - start), scale
