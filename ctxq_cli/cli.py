@@ -125,8 +125,7 @@ def train_denoiser(
     Started by torchrun, the processes train one model together (see the README).
     """
     with reporting(quiet) as progress:
-        from ctxq_cli import api, runs
-        from ctxq_cli.model import MaskPriorModel
+        from ctxq_cli import runs
         from ctxq_cli.train import TrainOptions
 
         if (partition == "prior") != (mask_prior is not None):   # before any output check
@@ -144,13 +143,8 @@ def train_denoiser(
                                compile=compile_network)
         read = _read(var, mask, quality_var, min_quality, sel, isel, group, domain,
                      domain_flags)
-        with runs.training(output, log_file, resume, overwrite,
-                           [*_files(data), mask, domain, mask_prior],
-                           device, progress) as (control, log_io, dev, progress):
-            prior = None if mask_prior is None else MaskPriorModel.load(mask_prior)
-            fld, dom = api.read_training_record(data, read)
-            model = api.train_field(fld, dom, options, dev, log_io, progress, control, prior)
-            runs.save(control, model, output, _command_line())
+        runs.train(data, read, options, runs.Run(output, log_file, resume, overwrite, device,
+                                                 progress, _command_line()), mask_prior)
 
 
 def _parse_channels(text: str) -> tuple[int, ...]:
@@ -203,8 +197,7 @@ def impute(
     input file (--output-dir); nothing is written unless the whole record is filled.
     """
     with reporting(quiet) as progress:
-        from ctxq_cli import fill, reading, writing
-        from ctxq_cli.model import DenoiserModel
+        from ctxq_cli import fill
 
         options = fill.ImputeOptions(
             ensemble=ensemble, steps=steps, seed=seed, members=members,
@@ -212,23 +205,10 @@ def impute(
             guidance_weight=guidance_weight, calibrate=calibrate, tile=tile,
             tile_overlap=tile_overlap, wrap_lon=wrap_lon, chunk=chunk,
             allow_other_grid=allow_other_grid)
-        dev = _device(device)
-        model = DenoiserModel.load(checkpoint, dev)
         read = _read(var, mask, quality_var, min_quality, sel, isel, group, domain,
                      domain_flags)
-        source = reading.open_field(data, read.variables, mask, default=model.variables,
-                                    quality=read.quality, selection=read.selection)
-        fld = source.template
-        inputs = [p.path for p in fld.parts] or [fld.path]
-        outputs = fill.output_paths(inputs, output, output_dir, overwrite,
-                                    [mask, domain, checkpoint, *inputs])
-        log.info("%s: %s, %d frames of %d×%d", fld.path, ", ".join(fld.names), source.frames,
-                 *fld.grid)
-        dom = read.read_domain(fld.grid)
-        history = writing.history_line(_command_line(), __version__)
-        fill.fill_record(model, source,
-                         fill.file_outputs(outputs, history, split=output_dir is not None),
-                         options, dev, dom, progress, str(checkpoint))
+        outputs = fill.fill_files(data, checkpoint, read, options, output, output_dir,
+                                  overwrite, _device(device), progress, _command_line())
         log.info("wrote %s", outputs[0] if len(outputs) == 1 else
                  f"{len(outputs)} files to {output_dir}")
 
@@ -352,7 +332,7 @@ def train_mask_prior(
     next to masks sampled from the prior. Stops and resumes like train-denoiser.
     """
     with reporting(quiet) as progress:
-        from ctxq_cli import api, runs
+        from ctxq_cli import runs
         from ctxq_cli.train import MaskPriorOptions
 
         options = MaskPriorOptions(window=window, channels=_parse_channels(channels),
@@ -363,12 +343,8 @@ def train_mask_prior(
                                    compile=compile_network)
         read = _read(var, mask, quality_var, min_quality, sel, isel, group, domain,
                      domain_flags)
-        with runs.training(output, log_file, resume, overwrite, [*_files(data), mask, domain],
-                           device, progress) as (control, log_io, dev, progress):
-            fld, dom = api.read_training_record(data, read)
-            model = api.train_mask_prior_field(fld, dom, options, dev, log_io, progress,
-                                               control)
-            runs.save(control, model, output, _command_line())
+        runs.train(data, read, options, runs.Run(output, log_file, resume, overwrite, device,
+                                                 progress, _command_line()))
 
 
 def main() -> None:

@@ -131,6 +131,30 @@ def fill_record(model: Any, source: reading.FieldSource, open_output: OpenOutput
     return report
 
 
+def fill_files(data: Any, checkpoint: Path, read: reading.ReadOptions,
+               options: ImputeOptions, output: Path | None = None, output_dir: Path | None = None,
+               overwrite: bool = False, device: Any = None, progress: bool = False,
+               command: str = "ctxq impute") -> list[Path]:
+    """Fill a record of files with a checkpoint's model and write the result: to ``output``,
+    or one file per input in ``output_dir`` (see :func:`output_paths`); return the paths."""
+    from ctxq_cli import __version__
+    from ctxq_cli.model import DenoiserModel
+
+    model = DenoiserModel.load(checkpoint, device)
+    source = reading.open_field(data, read.variables, read.mask, default=model.variables,
+                                quality=read.quality, selection=read.selection)
+    fld = source.template
+    inputs = [p.path for p in fld.parts] or [fld.path]
+    outputs = output_paths(inputs, output, output_dir, overwrite,
+                           [read.mask, read.domain, checkpoint, *inputs])
+    log.info("%s: %s, %d frames of %d×%d", fld.path, ", ".join(fld.names), source.frames,
+             *fld.grid)
+    history = writing.history_line(command, __version__)
+    fill_record(model, source, file_outputs(outputs, history, split=output_dir is not None),
+                options, device, read.read_domain(fld.grid), progress, str(checkpoint))
+    return outputs
+
+
 def output_paths(inputs: list[Path], output: Path | None, output_dir: Path | None,
                  overwrite: bool, others: list[Any]) -> list[Path]:
     """Where a fill of ``inputs`` is written, checked before any work: ``output``, one file

@@ -8,7 +8,9 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ctxq_cli import api
 from ctxq_cli.errors import CtxqError, Interrupted
@@ -89,6 +91,40 @@ def prepare(output: Path, log_file: Path | None, resume: bool, overwrite: bool,
                         "continue it or --overwrite to start afresh")
     append = resume and (state.exists() or previous_path(state).exists())
     return RunControl(state_path=state, resume=resume), log_path, append
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where a training run writes (the checkpoint, its log), whether it resumes or replaces,
+    on which device, and the command recorded in the checkpoint."""
+
+    output: Path
+    log_file: Path | None = None
+    resume: bool = False
+    overwrite: bool = False
+    device: str = "auto"
+    progress: bool = True
+    command: str = ""
+
+
+def train(data: Any, read: Any, options: Any, run: Run, mask_prior: Path | None = None) -> None:
+    """Train a denoiser (``TrainOptions``) or a mask prior (``MaskPriorOptions``) on a record
+    of files, as one run: paths checked first, resumable, alone or under torchrun."""
+    from ctxq_cli.model import MaskPriorModel
+    from ctxq_cli.record import expand
+    from ctxq_cli.train import MaskPriorOptions
+
+    inputs = [*expand(data), read.mask, read.domain, mask_prior]
+    with training(run.output, run.log_file, run.resume, run.overwrite, inputs, run.device,
+                  run.progress) as (control, log_io, dev, progress):
+        fld, dom = api.read_training_record(data, read)
+        if isinstance(options, MaskPriorOptions):
+            model = api.train_mask_prior_field(fld, dom, options, dev, log_io, progress,
+                                               control)
+        else:
+            prior = None if mask_prior is None else MaskPriorModel.load(mask_prior)
+            model = api.train_field(fld, dom, options, dev, log_io, progress, control, prior)
+        save(control, model, run.output, run.command)
 
 
 def save(control, model, output: Path, command: str) -> None:
