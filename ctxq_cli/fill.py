@@ -140,6 +140,7 @@ def fill_files(data: Any, checkpoint: Path, read: reading.ReadOptions,
     from ctxq_cli import __version__
     from ctxq_cli.model import DenoiserModel
 
+    one_destination(output, output_dir)     # before any reading
     model = DenoiserModel.load(checkpoint, device)
     source = reading.open_field(data, read.variables, read.mask, default=model.variables,
                                 quality=read.quality, selection=read.selection)
@@ -159,14 +160,19 @@ def output_paths(inputs: list[Path], output: Path | None, output_dir: Path | Non
                  overwrite: bool, others: list[Any]) -> list[Path]:
     """Where a fill of ``inputs`` is written, checked before any work: ``output``, one file
     per input in ``output_dir`` (created if missing), or the input's name with _imputed."""
-    if output is not None and output_dir is not None:
-        raise CtxqError("--output and --output-dir exclude each other")
+    one_destination(output, output_dir)
     if output_dir is not None:
         return per_file_outputs(output_dir, inputs, overwrite, others)
     if output is None and len(inputs) > 1:
         raise CtxqError(f"{len(inputs)} input files: name the output with --output FILE, or "
                         "write one per input with --output-dir DIR")
     return [safe_output.check_output(output or default_output(inputs[0]), overwrite, others)]
+
+
+def one_destination(output: Path | None, output_dir: Path | None) -> None:
+    """An output file or an output directory, not both."""
+    if output is not None and output_dir is not None:
+        raise CtxqError("--output and --output-dir exclude each other")
 
 
 def default_output(data: Path) -> Path:

@@ -89,8 +89,8 @@ class TrainOptions(LoopOptions):
             self.fail("partition", f"must be one of {', '.join(('auto', *PARTITIONS))}, "
                       f"not '{self.partition}'")
         if self.attention_heads and self.channels[-1] % self.attention_heads:
-            self.fail("attention_heads", f"{self.attention_heads} must divide the last "
-                      f"channels width {self.channels[-1]}")
+            self.fail("attention_heads", f"{self.attention_heads} must divide the last width "
+                      f"of {type(self).__name__}.channels, {self.channels[-1]}")
 
 
 @dataclass(frozen=True)
