@@ -62,27 +62,37 @@ class MaskStructure:
                 f"{100 * self.temporal_change:.1f} %, missing runs {self.cluster_size:.1f} cells")
 
 
+STRUCTURE_FRAMES = 64   # frames counted at a time: memory follows this, not the record
+
+
 def mask_structure(observed: np.ndarray, domain: np.ndarray) -> MaskStructure:
     """Measure missing fraction, spatial correlation, temporal change and run length.
 
     ``observed`` is (T, H, W) bool, ``domain`` (H, W) bool; cells outside the domain are ignored.
+    Every quantity is a ratio of counts, summed over ``STRUCTURE_FRAMES`` frames at a time
+    (each range with the frame before it, for the change between frames), so a long record
+    costs no copy of itself and gives the same numbers as counting it whole.
     """
-    missing = ~observed & domain
-    miss = missing.astype(np.float64)
-    inside = np.broadcast_to(domain, observed.shape)
-    p = miss[inside].mean() if inside.any() else 0.0
-    (both_x, n_x), (both_y, n_y) = neighbour_pairs(missing, inside)   # x and y pooled
-    corr = lag1_correlation(both_x + both_y, n_x + n_y, p)
+    counts = np.zeros(8, np.int64)   # missing, inside, x pairs both/all, y pairs, changes, starts
+    frames = observed.shape[0]
+    for a in range(0, frames, STRUCTURE_FRAMES):
+        part = observed[a:a + STRUCTURE_FRAMES]
+        missing = ~part & domain
+        inside = np.broadcast_to(domain, part.shape)
+        (both_x, n_x), (both_y, n_y) = neighbour_pairs(missing, inside)
+        with_previous = observed[max(a - 1, 0):a + STRUCTURE_FRAMES]
+        changed = np.logical_xor(with_previous[1:], with_previous[:-1]) & domain
+        starts = missing & ~np.pad(missing, ((0, 0), (0, 0), (1, 0)))[..., :-1]   # runs along x
+        counts += [missing.sum(), inside.sum(), int(both_x), n_x, int(both_y), n_y, changed.sum(),
+                   starts.sum()]
+    n_missing, n_inside, both_x, n_x, both_y, n_y, n_changed, n_starts = counts.tolist()
+    p = n_missing / n_inside if n_inside else 0.0
+    corr = lag1_correlation(both_x + both_y, n_x + n_y, p)     # x and y pooled
     corr = 0.0 if np.isnan(corr) else corr
-    if observed.shape[0] > 1:
-        change = np.logical_xor(observed[1:], observed[:-1])[np.broadcast_to(
-            domain, observed[1:].shape)].mean()
-    else:
-        change = 0.0
-    runs = np.diff(miss, axis=2, prepend=0, append=0)
-    starts = (runs > 0).sum()
-    cluster = float(miss.sum() / starts) if starts else 0.0
-    return MaskStructure(float(p), corr, float(change), cluster)
+    pairs_in_time = int(domain.sum()) * (frames - 1)
+    change = n_changed / pairs_in_time if frames > 1 and pairs_in_time else 0.0
+    cluster = n_missing / n_starts if n_starts else 0.0
+    return MaskStructure(float(p), corr, float(change), float(cluster))
 
 
 def mask_statistics(masks: Tensor | np.ndarray, domain: Tensor | np.ndarray | None = None,

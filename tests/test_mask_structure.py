@@ -50,3 +50,18 @@ def test_partition_choice_and_fidelity_report_agree():
         assert np.isclose(structure.missing_fraction, 1 - stats["observed_fraction"])
         assert structure.scattered is not clustered
         assert (stats["autocorrelation"] > 0.5) is clustered
+
+
+def test_counting_in_ranges_of_frames_gives_the_numbers_of_the_whole(monkeypatch):
+    from ctxq_cli import mask_structure as module
+
+    observed = _clouds(frames=23)
+    observed[5] = False                      # a frame without observations
+    domain = np.ones((32, 32), bool)
+    domain[:3, :5] = False
+    whole = mask_structure(observed, domain)
+    monkeypatch.setattr(module, "STRUCTURE_FRAMES", 4)
+    assert mask_structure(observed, domain) == whole
+    monkeypatch.setattr(module, "STRUCTURE_FRAMES", 1)
+    assert mask_structure(observed, domain) == whole
+    assert 0 < whole.temporal_change < 1 and whole.cluster_size > 1
