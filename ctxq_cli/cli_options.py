@@ -1,5 +1,7 @@
 """The command line's arguments and options: their flags, help texts and bounds, shared by
-the commands in :mod:`ctxq_cli.cli` (every flag is its options field's name with dashes)."""
+the commands in :mod:`ctxq_cli.cli`. A flag is its options field's name with dashes
+(``max_minutes``: ``--max-minutes``), but for ``--var`` (``ReadOptions.variables``); see
+:func:`ctxq_cli.reporting.as_flags`."""
 
 from __future__ import annotations
 

@@ -137,10 +137,13 @@ def fill_files(data: Any, checkpoint: Path, read: reading.ReadOptions,
                command: str = "ctxq impute") -> list[Path]:
     """Fill a record of files with a checkpoint's model and write the result: to ``output``,
     or one file per input in ``output_dir`` (see :func:`output_paths`); return the paths."""
+    import torch
+
     from ctxq_cli import __version__
     from ctxq_cli.model import DenoiserModel
 
     one_destination(output, output_dir)     # before any reading
+    device = device or torch.device("cpu")
     model = DenoiserModel.load(checkpoint, device)
     source = reading.open_field(data, read.variables, read.mask, default=model.variables,
                                 quality=read.quality, selection=read.selection)

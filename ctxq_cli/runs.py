@@ -10,10 +10,14 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ctxq_cli import api
 from ctxq_cli.errors import CtxqError, Interrupted
+
+if TYPE_CHECKING:    # torch is imported only when a run starts
+    from ctxq_cli.reading import ReadOptions
+    from ctxq_cli.train import MaskPriorOptions, TrainOptions
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +111,8 @@ class Run:
     command: str = ""
 
 
-def train(data: Any, read: Any, options: Any, run: Run, mask_prior: Path | None = None) -> None:
+def train(data: Any, read: ReadOptions, options: TrainOptions | MaskPriorOptions, run: Run,
+          mask_prior: Path | None = None) -> None:
     """Train a denoiser (``TrainOptions``) or a mask prior (``MaskPriorOptions``) on a record
     of files, as one run: paths checked first, resumable, alone or under torchrun."""
     from ctxq_cli.model import MaskPriorModel
