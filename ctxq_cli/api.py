@@ -246,11 +246,10 @@ def train_mask_prior_field(fld: reading.Field, domain: np.ndarray, options: Any,
                            log_file: Any = None, progress: bool = False,
                            control: Any = None) -> Any:
     """A mask prior trained on a field's observation masks."""
+    from ctxq_cli.mask_structure import fidelity_table
     from ctxq_cli.train import train_mask_prior
 
     check_trainable(fld, options)
-    from ctxq_cli.mask_structure import fidelity_table
-
     model = train_mask_prior(fld.observed, domain, options, on, log_file, progress, control)
     model.training["data"] = str(fld.path)
     log.info("real masks vs masks sampled from the prior (%d windows each):\n%s",

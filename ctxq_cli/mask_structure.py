@@ -17,17 +17,17 @@ from scipy import ndimage
 from torch import Tensor
 
 
-def neighbour_pairs(cells: np.ndarray, inside: np.ndarray) -> tuple[tuple[float, int], ...]:
+def neighbour_pairs(cells: np.ndarray, inside: np.ndarray) -> tuple[tuple[int, int], ...]:
     """(number of pairs both in ``cells``, number of pairs) of neighbours inside, along x and
     along y; ``cells`` and ``inside`` are (frames, H, W) bool."""
     pairs_x = inside[:, :, 1:] & inside[:, :, :-1]
     pairs_y = inside[:, 1:, :] & inside[:, :-1, :]
-    both_x = np.sum((cells[:, :, 1:] & cells[:, :, :-1])[pairs_x], dtype=np.float64)
-    both_y = np.sum((cells[:, 1:, :] & cells[:, :-1, :])[pairs_y], dtype=np.float64)
-    return (float(both_x), int(pairs_x.sum())), (float(both_y), int(pairs_y.sum()))
+    both_x = int((cells[:, :, 1:] & cells[:, :, :-1])[pairs_x].sum())
+    both_y = int((cells[:, 1:, :] & cells[:, :-1, :])[pairs_y].sum())
+    return (both_x, int(pairs_x.sum())), (both_y, int(pairs_y.sum()))
 
 
-def lag1_correlation(both: float, pairs: int, p: float) -> float:
+def lag1_correlation(both: int, pairs: int, p: float) -> float:
     """Correlation of a 0/1 indicator of mean ``p`` between neighbours, from the number of
     neighbour pairs where it is 1 at both ends (NaN when undefined)."""
     var = p * (1 - p)
@@ -83,7 +83,7 @@ def mask_structure(observed: np.ndarray, domain: np.ndarray) -> MaskStructure:
         with_previous = observed[max(a - 1, 0):a + STRUCTURE_FRAMES]
         changed = np.logical_xor(with_previous[1:], with_previous[:-1]) & domain
         starts = missing & ~np.pad(missing, ((0, 0), (0, 0), (1, 0)))[..., :-1]   # runs along x
-        counts += [missing.sum(), inside.sum(), int(both_x), n_x, int(both_y), n_y, changed.sum(),
+        counts += [missing.sum(), inside.sum(), both_x, n_x, both_y, n_y, changed.sum(),
                    starts.sum()]
     n_missing, n_inside, both_x, n_x, both_y, n_y, n_changed, n_starts = counts.tolist()
     p = n_missing / n_inside if n_inside else 0.0

@@ -8,6 +8,7 @@ several fields go in ``check``.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import field, fields
 from typing import Any
 
@@ -25,24 +26,21 @@ def option(default: Any, *, ge: float | None = None, gt: float | None = None,
                                             "integer": integer})
 
 
+BOUNDS = (("ge", "≥", operator.ge), ("gt", ">", operator.gt), ("le", "≤", operator.le))
+
+
 def _problem(value: Any, rule: dict[str, Any]) -> str | None:
     """What is wrong with ``value`` under ``rule``, or None."""
-    if rule.get("choices") is not None:
+    if rule["choices"] is not None:
         return None if value in rule["choices"] else \
             f"must be one of {', '.join(map(str, rule['choices']))}"
-    number = isinstance(value, (int, float, np.integer, np.floating)) and \
-        not isinstance(value, bool)
-    if rule.get("integer") and (not isinstance(value, (int, np.integer)) or
-                                isinstance(value, bool)):
-        return "must be a positive integer" if rule.get("ge") == 1 else "must be an integer"
-    if rule.get("integer") and rule.get("ge") == 1 and value < 1:
-        return "must be a positive integer"
-    bounds = [(rule.get("ge"), "≥", lambda v, b: v >= b),
-              (rule.get("gt"), ">", lambda v, b: v > b),
-              (rule.get("le"), "≤", lambda v, b: v <= b)]
-    for bound, sign, holds in bounds:
-        if bound is not None and (not number or not holds(value, bound)):
-            return f"must be {sign} {bound:g}"
+    integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if rule["integer"] and (not integer or (rule["ge"] == 1 and value < 1)):
+        return "must be a positive integer" if rule["ge"] == 1 else "must be an integer"
+    number = integer or isinstance(value, (float, np.floating))
+    for key, sign, holds in BOUNDS:
+        if rule[key] is not None and not (number and holds(value, rule[key])):
+            return f"must be {sign} {rule[key]:g}"
     return None
 
 

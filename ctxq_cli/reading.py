@@ -51,7 +51,7 @@ class ReadOptions(Options):
         """Which observations to trust (None: all)."""
         if self.quality_var is None:
             return None
-        return flags.Quality(self.quality_var, float(self.min_quality or 0))
+        return flags.Quality(self.quality_var, float(self.min_quality))
 
     @property
     def selection(self) -> record.Selection:
