@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -195,83 +196,128 @@ def _with_frames(template: reading.Field, frames: int) -> tuple[int, ...]:
     return tuple(frames if i == axis else n for i, n in enumerate(template.shape))
 
 
+MEMORY_GB = 4.0     # frames (and the smoother's states) held in memory while training
+
+
 def train_denoiser(data: Any, variables: Sequence[str] | None = None, *,
                    output: str | Path | None = None, mask: str | Path | None = None,
                    domain: np.ndarray | None = None, quality: Any = None,
                    selection: record.Selection | None = None, on: str = "auto",
-                   progress: bool = False, **options: Any) -> Any:
+                   progress: bool = False, memory_gb: float = MEMORY_GB, **options: Any) -> Any:
     """Train a denoiser on ``data`` (anything :func:`open_record` takes); ``options`` are
     :class:`~ctxq_cli.train.TrainOptions` fields (``steps``, ``max_minutes``, ``window`` …).
-    The model is saved to ``output`` when given, and returned."""
+    At most ``memory_gb`` of frames (and as much of the smoother's states) are held in memory;
+    a larger record is read from its files as training needs it. The model is saved to
+    ``output`` when given, and returned."""
     from ctxq_cli.train import TrainOptions
 
     source = open_record(data, variables, mask=mask, quality=quality, selection=selection)
-    fld = source.template
-    fld.values, fld.observed = source.read(0, source.frames)
-    dom = masks.observed_domain(fld.observed) if domain is None else np.asarray(domain, bool)
-    model = train_field(fld, dom, TrainOptions(**options), device(on), progress=progress)
+    rec = TrainingRecord.open(source, memory_gb, domain)
+    model = train_field(rec, TrainOptions(**options), device(on), progress=progress)
     if output is not None:
         model.save(output)
     return model
 
 
-def read_training_record(data: Any, read: reading.ReadOptions = reading.ReadOptions()
-                         ) -> tuple[reading.Field, np.ndarray]:
-    """A record read whole, and its domain: the domain file's, or the cells observed at
-    least once."""
-    fld = reading.read_field(data, read.variables, read.mask, quality=read.quality,
-                             selection=read.selection)
-    log.info("%s: %s", fld.path, fld.describe())
-    dom = read.read_domain(fld.grid)
-    if dom is None:
-        dom = masks.observed_domain(fld.observed)
-    outside = int((~dom).sum())
+@dataclass
+class TrainingRecord:
+    """A record opened for training: its frames (read on demand, at most ``memory`` bytes of
+    them held), metadata, domain and the sums of its observations, from one pass over it."""
+
+    source: Any                  # a CachedFrames over the record's FieldSource
+    template: reading.Field      # names, attributes, coordinates; no frames
+    domain: np.ndarray           # (H, W)
+    sums: Any                    # frames.ObservedSums of every observation
+    memory: float                # bytes
+
+    @classmethod
+    def open(cls, source: reading.FieldSource, memory_gb: float = MEMORY_GB,
+             domain: np.ndarray | None = None) -> TrainingRecord:
+        """Read a record once, a range of frames at a time: the domain (``domain``, or the cells
+        observed at least once) and the sums of the observations."""
+        from ctxq_cli.frames import CachedFrames, ObservedSums, chunks
+
+        memory = memory_gb * 1e9
+        cached = CachedFrames(source, memory)
+        sums = ObservedSums()
+        seen = np.zeros(source.grid, bool)
+        for _, _, values, observed in chunks(cached.read, cached.frames):
+            sums.add(values, observed)
+            seen |= observed.any(axis=(0, 1))
+        if source.quality is not None:
+            log.info("%s: %s", source.template.path, source.describe_quality())
+        return cls(cached, source.template, seen if domain is None else np.asarray(domain, bool),
+                   sums, memory)
+
+    @property
+    def frames(self) -> int:
+        """Number of frames."""
+        return self.source.frames
+
+    def describe(self) -> str:
+        """'sst: 365 frames of 100×120, 43.1 % observed'."""
+        h, w = self.domain.shape
+        cells = self.frames * len(self.template.names) * h * w
+        frac = int(self.sums.count.sum()) / cells if cells else 0.0
+        return (f"{', '.join(self.template.names)}: {self.frames} frames of {h}×{w}, "
+                f"{100 * frac:.1f} % observed")
+
+
+def read_training_record(data: Any, read: reading.ReadOptions = reading.ReadOptions(),
+                         memory_gb: float = MEMORY_GB) -> TrainingRecord:
+    """A record opened for training, and its domain: the domain file's, or the cells observed
+    at least once."""
+    source = reading.open_field(data, read.variables, read.mask, quality=read.quality,
+                                selection=read.selection)
+    rec = TrainingRecord.open(source, memory_gb, read.read_domain(source.grid))
+    log.info("%s: %s", rec.template.path, rec.describe())
+    outside = int((~rec.domain).sum())
     if outside:
         log.info("%d of %d grid cells are outside the domain (%s); they stay fill", outside,
-                 dom.size, "from the domain file" if read.domain else "never observed")
-    return fld, dom
+                 rec.domain.size, "from the domain file" if read.domain else "never observed")
+    return rec
 
 
-def check_trainable(fld: reading.Field, options: Any) -> None:
+def check_trainable(rec: TrainingRecord, options: Any) -> None:
     """A record to train on has observations and at least a window's frames."""
-    if not fld.observed.any():
-        raise CtxqError(f"{fld.path}: variable '{fld.names[0]}' has no observed value at "
+    path = rec.template.path
+    if not rec.sums.count.sum():
+        raise CtxqError(f"{path}: variable '{rec.template.names[0]}' has no observed value at "
                         "all; nothing to learn from")
-    if fld.frames < options.window:
-        raise OptionError(f"{fld.path}: {fld.frames} frames, fewer than "
+    if rec.frames < options.window:
+        raise OptionError(f"{path}: {rec.frames} frames, fewer than "
                           f"{type(options).__name__}.window {options.window}")
 
 
-def train_mask_prior_field(fld: reading.Field, domain: np.ndarray, options: Any, on: Any,
-                           log_file: Any = None, progress: bool = False,
-                           control: Any = None) -> Any:
-    """A mask prior trained on a field's observation masks."""
+def train_mask_prior_field(rec: TrainingRecord, options: Any, on: Any, log_file: Any = None,
+                           progress: bool = False, control: Any = None) -> Any:
+    """A mask prior trained on a record's observation masks."""
     from ctxq_cli.mask_structure import fidelity_table
     from ctxq_cli.train import train_mask_prior
 
-    check_trainable(fld, options)
-    model = train_mask_prior(fld.observed, domain, options, on, log_file, progress, control)
-    model.training["data"] = str(fld.path)
+    check_trainable(rec, options)
+    model = train_mask_prior(rec.source, rec.domain, options, on, log_file, progress, control)
+    model.training["data"] = str(rec.template.path)
     log.info("real masks vs masks sampled from the prior (%d windows each):\n%s",
              model.fidelity["samples"], fidelity_table(model.fidelity))
     return model
 
 
-def train_field(fld: reading.Field, domain: np.ndarray, options: Any, on: Any,
-                log_file: Any = None, progress: bool = False, control: Any = None,
-                prior: Any = None) -> Any:
-    """A denoiser trained on a field read whole, knowing what data it was trained on."""
+def train_field(rec: TrainingRecord, options: Any, on: Any, log_file: Any = None,
+                progress: bool = False, control: Any = None, prior: Any = None) -> Any:
+    """A denoiser trained on an opened record, knowing what data it was trained on."""
     from ctxq_cli import provenance
     from ctxq_cli.train import train_denoiser as train
 
-    check_trainable(fld, options)
+    check_trainable(rec, options)
     if (options.partition == "prior") != (prior is not None):
         raise OptionError("TrainOptions.partition 'prior' and a mask prior go together")
+    fld = rec.template
     times, unit = fld.times()
     log.info("%s: %s", fld.path, reading.describe_times(times, unit))
-    model = train(fld.values, fld.observed, domain, fld.names, options, on, log_file,
-                  progress, control, prior, times=times, time_unit=unit)
+    model = train(rec.source, rec.domain, fld.names, options, on, log_file, progress, control,
+                  prior, times=times, time_unit=unit, memory=rec.memory)
     model.training["data"] = str(fld.path)
     model.data = provenance.describe(fld.names, fld.var_attrs, fld.coords, fld.grid_dims,
-                                     fld.values, fld.observed)
+                                     rec.sums)
     return model

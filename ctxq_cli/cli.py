@@ -107,6 +107,7 @@ def train_denoiser(
     compile_network: opt.CompileOpt = False,
     seed: opt.SeedOpt = 0,
     device: opt.DeviceOpt = "auto",
+    memory_gb: opt.MemoryOpt = 4.0,
     overwrite: opt.OverwriteOpt = False,
     quiet: opt.QuietOpt = False,
 ) -> None:
@@ -144,7 +145,8 @@ def train_denoiser(
         read = _read(var, mask, quality_var, min_quality, sel, isel, group, domain,
                      domain_flags)
         runs.train(data, read, options, runs.Run(output, log_file, resume, overwrite, device,
-                                                 progress, _command_line()), mask_prior)
+                                                 progress, _command_line(), memory_gb),
+                   mask_prior)
 
 
 def _parse_channels(text: str) -> tuple[int, ...]:
@@ -323,6 +325,7 @@ def train_mask_prior(
     compile_network: opt.CompileOpt = False,
     seed: opt.SeedOpt = 0,
     device: opt.DeviceOpt = "auto",
+    memory_gb: opt.MemoryOpt = 4.0,
     overwrite: opt.OverwriteOpt = False,
     quiet: opt.QuietOpt = False,
 ) -> None:
@@ -344,7 +347,7 @@ def train_mask_prior(
         read = _read(var, mask, quality_var, min_quality, sel, isel, group, domain,
                      domain_flags)
         runs.train(data, read, options, runs.Run(output, log_file, resume, overwrite, device,
-                                                 progress, _command_line()))
+                                                 progress, _command_line(), memory_gb))
 
 
 def main() -> None:

@@ -11,13 +11,15 @@ down-sampling factor; grids larger than the patch size yield random patches.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ctxq_cli.temporal import STATE, RecordStates, Smoother, record_states, window_messages
+from ctxq_cli.frames import FrameSource, ObservedSums
+from ctxq_cli.temporal import STATE, RecordStates, Smoother, filter_record, window_messages
 
 
 @dataclass(frozen=True)
@@ -36,26 +38,19 @@ class Normalization:
     @classmethod
     def fit(cls, values: np.ndarray, observed: np.ndarray, per_cell: bool = False
             ) -> Normalization:
-        """Means and standard deviations of observed values per variable (axis 1)."""
-        cell_mean = None
-        if per_cell:
-            counts = observed.sum(axis=0)
-            sums = np.where(observed, values, 0).astype(np.float64).sum(axis=0)
-            overall = np.array([values[:, c][observed[:, c]].astype(np.float64).mean()
-                                if observed[:, c].any() else 0.0
-                                for c in range(values.shape[1])])[:, None, None]
-            # cells never observed take the variable's mean
-            cell_mean = np.where(counts > 0, sums / np.maximum(counts, 1), overall)
-            values = values - cell_mean[None]
-        means, stds = [], []
-        for c in range(values.shape[1]):
-            v = values[:, c][observed[:, c]].astype(np.float64)
-            mean = float(v.mean()) if v.size else 0.0
-            std = float(v.std()) if v.size > 1 else 1.0
-            means.append(0.0 if per_cell else mean)
-            stds.append(std if std > 0 and np.isfinite(std) else 1.0)
-        return cls(tuple(means), tuple(stds),
-                   None if cell_mean is None else cell_mean.astype(np.float32))
+        """Means and standard deviations of observed values (T, C, H, W) per variable."""
+        sums = ObservedSums()
+        sums.add(values, observed)
+        return cls.from_sums(sums, per_cell)
+
+    @classmethod
+    def from_sums(cls, sums: ObservedSums, per_cell: bool = False) -> Normalization:
+        """The normalisation of a record whose observations were summed in ``sums``."""
+        moments = sums.moments(per_cell)
+        means = [0.0 if per_cell else mean for _, mean, _ in moments]
+        stds = [std if n > 1 and std > 0 and np.isfinite(std) else 1.0 for n, _, std in moments]
+        cell_mean = sums.cell_mean().astype(np.float32) if per_cell else None
+        return cls(tuple(means), tuple(stds), cell_mean)
 
     def _centre(self) -> np.ndarray:
         """What is subtracted: (C, H, W) or (C, 1, 1)."""
@@ -116,38 +111,83 @@ class Batch:
     messages: tuple[Tensor, Tensor, Tensor] | None = None   # the smoother's, for a window
 
 
+@dataclass
+class Holdout:
+    """Observations kept out of training: ``hidden`` (n, C, H, W) cells of frames ``frames``."""
+
+    frames: slice
+    hidden: np.ndarray
+
+
+class TrainingFrames:
+    """A record's frames as training sees them: observed only inside the domain and outside
+    the held-out cells, normalised (0 where missing), padded to a multiple of the network's
+    down-sampling factor. With ``masks`` only the mask matters: one channel, observed where any
+    variable is, values 0."""
+
+    def __init__(self, source: FrameSource, domain: np.ndarray, multiple: int = 1,
+                 normalization: Normalization | None = None, holdout: Holdout | None = None,
+                 masks: bool = False) -> None:
+        self.source, self.domain, self.multiple = source, domain, multiple
+        self.normalization, self.holdout, self.masks = normalization, holdout, masks
+        self.frames = source.frames
+
+    def observations(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Frames [a, b) in physical units, observed only where training may use them."""
+        values, observed = self.source.read(a, b)
+        observed = observed & self.domain[None, None]
+        held = self.holdout
+        if held is not None and held.frames.start < b and a < held.frames.stop:
+            lo, hi = max(a, held.frames.start), min(b, held.frames.stop)
+            observed[lo - a:hi - a] &= ~held.hidden[lo - held.frames.start:hi - held.frames.start]
+        if self.masks:
+            observed = observed.any(axis=1, keepdims=True)
+            values = np.zeros(observed.shape, np.float32)
+        return values, observed
+
+    def normalised(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Frames [a, b) normalised (0 where missing) and their observed cells."""
+        values, observed = self.observations(a, b)
+        if self.normalization is not None:
+            values = self.normalization.apply(values, observed)
+        return values, observed
+
+    def read(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Frames [a, b) normalised and padded."""
+        values, observed = self.normalised(a, b)
+        return pad_grid(values, self.multiple), pad_grid(observed, self.multiple)
+
+
 class Windows:
-    """Training windows (and patches) of W frames drawn from a normalised field.
+    """Training windows (and patches) of W frames drawn from a record's :class:`TrainingFrames`.
 
     ``starts`` are the first frames of the windows this set may draw (all by default);
-    :meth:`subset` gives another set over the same arrays. With a temporal ``smoother`` the
-    whole record is filtered once, forward and backward, with every observation, so each
-    window can be told what the frames outside it say (:mod:`ctxq_cli.temporal`).
+    :meth:`subset` gives another set over the same frames. A window's frames are read when it
+    is drawn. With a temporal ``smoother`` the whole record is filtered once, forward and
+    backward, with every observation, so each window can be told what the frames outside it
+    say (:mod:`ctxq_cli.temporal`); the filtered states are kept in memory when they fit
+    ``memory`` bytes, else in a scratch file.
     """
 
-    def __init__(self, values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
-                 window: int, multiple: int, patch: int, device: torch.device,
+    def __init__(self, frames: TrainingFrames, window: int, patch: int, device: torch.device,
                  starts: np.ndarray | None = None, smoother: Smoother | None = None,
-                 times: np.ndarray | None = None) -> None:
-        """values, observed: (T, C, H, W); domain (H, W); times (T,) for the smoother."""
-        self.window = window
-        frames = values.shape[0]
-        if frames < window:
-            raise ValueError(f"{frames} frames are fewer than the window {window}")
-        observed = observed & domain[None, None]
-        self.values = torch.from_numpy(pad_grid(values, multiple)).to(device)
-        self.observed = torch.from_numpy(pad_grid(observed, multiple)).to(device)
-        self.domain = torch.from_numpy(pad_grid(domain, multiple)).to(device)
-        h, w = self.values.shape[-2:]
+                 times: np.ndarray | None = None, memory: float = math.inf) -> None:
+        """``times`` (T,) for the smoother."""
+        self.window, self.frames, self.device = window, frames, device
+        count = frames.frames
+        if count < window:
+            raise ValueError(f"{count} frames are fewer than the window {window}")
+        self.domain = torch.from_numpy(pad_grid(frames.domain, frames.multiple)).to(device)
+        h, w = self.domain.shape
+        multiple = frames.multiple
         self.patch = (min(padded_size(patch, multiple), h), min(padded_size(patch, multiple), w))
-        self.channels = values.shape[1]
-        every = np.arange(frames - window + 1)
+        every = np.arange(count - window + 1)
         self.starts = torch.from_numpy(every if starts is None else np.asarray(starts)).long()
         self.smoother = smoother
         self.states: RecordStates | None = None
         if smoother is not None:
             t = torch.from_numpy(np.asarray(times, dtype=np.float64))
-            self.states = record_states(smoother, self.values, self.observed, t).to(device)
+            self.states = filter_record(smoother, frames.read, count, t, memory).to(device)
 
     def subset(self, starts: np.ndarray) -> Windows:
         """The windows starting at ``starts``, sharing this set's arrays."""
@@ -162,22 +202,29 @@ class Windows:
 
     def _gather(self, starts: Tensor) -> Batch:
         """Whole-grid windows starting at frames ``starts``."""
-        idx = starts[:, None] + torch.arange(self.window, device=starts.device)[None]
         b = len(starts)
-        v = self.values[idx].reshape(b, -1, *self.values.shape[-2:])
-        o = self.observed[idx].reshape(b, -1, *self.observed.shape[-2:])
+        read = [self.frames.read(s, s + self.window) for s in starts.tolist()]
+        h, w = self.domain.shape
+        v = torch.from_numpy(np.stack([r[0] for r in read])).reshape(b, -1, h, w)
+        o = torch.from_numpy(np.stack([r[1] for r in read])).reshape(b, -1, h, w)
         d = self.domain[None, None].expand(b, 1, -1, -1)
         messages = None
         if self.smoother is not None:
-            messages = window_messages(self.smoother, self.states, starts, self.window)
-        return Batch(v, o, d, None, messages)
+            messages = window_messages(self.smoother, self.states, starts.to(self.device),
+                                       self.window)
+        return Batch(v.to(self.device), o.to(self.device), d, None, messages)
+
+    def read_ahead(self, indices: Tensor) -> None:
+        """Read the frames of windows ``indices`` (into a cache, when the source has one)."""
+        for s in self.starts[indices.cpu()].tolist():
+            self.frames.source.read(s, s + self.window)
 
     def batch(self, indices: Tensor, generator: torch.Generator) -> Batch:
         """Windows ``indices`` (in [0, count)), each cropped to a patch at its own random
         corner on grids larger than the patch (one gather on the device, no host round trip).
         """
-        dev = self.values.device
-        full = self._gather(self.starts[indices.cpu()].to(dev))
+        dev = self.device
+        full = self._gather(self.starts[indices.cpu()])
         size = len(indices)
         ph, pw = self.patch
         h, w = full.values.shape[-2:]
@@ -208,11 +255,10 @@ class Windows:
 
     def sequential(self, stride: int) -> list[Batch]:
         """Every ``stride``-th window in order (for validation), whole grid."""
-        starts = self.starts[::stride].to(self.values.device)
-        return [self._gather(chunk) for chunk in starts.split(16)]
+        return [self._gather(chunk) for chunk in self.starts[::stride].split(16)]
 
     def mask_pool(self, size: int, generator: torch.Generator) -> Tensor:
         """Up to ``size`` observation-mask windows (N, F, H, W), for the empirical partition."""
         n = min(size, self.count)
         pick = torch.randperm(self.count, generator=generator, device=generator.device)[:n]
-        return self._gather(self.starts[pick.cpu()].to(self.values.device)).observed.cpu()
+        return self._gather(self.starts[pick.cpu()]).observed.cpu()

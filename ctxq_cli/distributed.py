@@ -146,6 +146,14 @@ class WindowSampler:
                 self.epoch, self.position, self._order = self.epoch + 1, 0, None
         return torch.tensor(out, dtype=torch.int64)
 
+    def peek(self) -> torch.Tensor:
+        """The indices :meth:`next` will give, without moving on."""
+        saved = self.epoch, self.position, self._order
+        try:
+            return self.next()
+        finally:
+            self.epoch, self.position, self._order = saved
+
     def state_dict(self) -> dict[str, int]:
         """Where the sampler stands."""
         return {"epoch": self.epoch, "position": self.position}

@@ -21,6 +21,7 @@ import numpy as np
 
 from ctxq_cli import reading, safe_output, writing
 from ctxq_cli.errors import CtxqError
+from ctxq_cli.frames import ObservedSums
 from ctxq_cli.options import Options, option
 
 log = logging.getLogger(__name__)
@@ -233,8 +234,10 @@ def check_record(fld: reading.Field, model: Any, label: Any,
         raise CtxqError(f"{label}: variables {fld.names} do not match the checkpoint's "
                         f"{model.variables}" + (f" ({checkpoint})" if checkpoint else ""))
     if model.data is not None:
+        sums = ObservedSums()
+        sums.add(*sample)
         provenance.check(model.data, provenance.describe(
-            fld.names, fld.var_attrs, fld.coords, fld.grid_dims, *sample), label, other_grid)
+            fld.names, fld.var_attrs, fld.coords, fld.grid_dims, sums), label, other_grid)
 
 
 def model_times(fld: reading.Field, model: Any) -> np.ndarray | None:

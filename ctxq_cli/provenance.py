@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ctxq_cli.errors import CtxqError
+from ctxq_cli.frames import ObservedSums
 
 MEAN_TOLERANCE = 5.0      # training standard deviations
 STD_TOLERANCE = 10.0      # ratio either way
@@ -68,19 +69,15 @@ class TrainingData:
 
 
 def describe(names: list[str], var_attrs: list[dict[str, Any]], coords: list[Any],
-             grid_dims: tuple[str, ...], values: np.ndarray, observed: np.ndarray
-             ) -> TrainingData:
-    """The facts of variables ``names`` with observed ``values`` (T, C, H, W) on a grid whose
-    horizontal dims are ``grid_dims``; ``coords`` have ``name``, ``dims``, ``values``, ``attrs``."""
+             grid_dims: tuple[str, ...], sums: ObservedSums) -> TrainingData:
+    """The facts of variables ``names`` whose observations were summed in ``sums`` on a grid
+    whose horizontal dims are ``grid_dims``; ``coords`` have ``name``, ``dims``, ``values``,
+    ``attrs``."""
     variables = []
-    for c, name in enumerate(names):
-        seen = values[:, c][observed[:, c]].astype(np.float64)
-        attrs = var_attrs[c]
+    for name, attrs, (_, mean, std) in zip(names, var_attrs, sums.moments()):
         variables.append(VariableFacts(
             name=name, units=_text(attrs.get("units")),
-            standard_name=_text(attrs.get("standard_name")),
-            mean=float(seen.mean()) if seen.size else 0.0,
-            std=float(seen.std()) if seen.size else 0.0))
+            standard_name=_text(attrs.get("standard_name")), mean=mean, std=std))
     grid = []
     for coord in sorted(coords, key=lambda c: c.name):
         dims = tuple(coord.dims)

@@ -109,6 +109,7 @@ class Run:
     device: str = "auto"
     progress: bool = True
     command: str = ""
+    memory_gb: float = api.MEMORY_GB   # frames (and smoother states) held in memory, each
 
 
 def train(data: Any, read: ReadOptions, options: TrainOptions | MaskPriorOptions, run: Run,
@@ -122,13 +123,12 @@ def train(data: Any, read: ReadOptions, options: TrainOptions | MaskPriorOptions
     inputs = [*expand(data), read.mask, read.domain, mask_prior]
     with training(run.output, run.log_file, run.resume, run.overwrite, inputs, run.device,
                   run.progress) as (control, log_io, dev, progress):
-        fld, dom = api.read_training_record(data, read)
+        rec = api.read_training_record(data, read, run.memory_gb)
         if isinstance(options, MaskPriorOptions):
-            model = api.train_mask_prior_field(fld, dom, options, dev, log_io, progress,
-                                               control)
+            model = api.train_mask_prior_field(rec, options, dev, log_io, progress, control)
         else:
             prior = None if mask_prior is None else MaskPriorModel.load(mask_prior)
-            model = api.train_field(fld, dom, options, dev, log_io, progress, control, prior)
+            model = api.train_field(rec, options, dev, log_io, progress, control, prior)
         save(control, model, run.output, run.command)
 
 

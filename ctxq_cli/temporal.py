@@ -47,6 +47,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -266,14 +269,49 @@ class Smoother:
 # ----------------------------------------------------------------------------- records
 
 
+class StateFile:
+    """Per-frame states (T, …, 5) in float32 in an anonymous scratch file (gone when closed),
+    written and read a frame at a time: the states of a record too large for memory.
+
+    Frames are read with ``pread``, not mapped, so what was read does not stay in the process's
+    memory.
+    """
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device = torch.device("cpu")
+                 ) -> None:
+        self.shape, self.device = shape, device
+        self._frame = math.prod(shape[1:])
+        self._file = tempfile.TemporaryFile(prefix="ctxq-states-")
+        self._file.truncate(shape[0] * self._frame * 4)
+
+    def __setitem__(self, frames: slice, states: Tensor) -> None:
+        a = frames.indices(self.shape[0])[0]
+        data = np.ascontiguousarray(states.detach().cpu().numpy(), dtype=np.float32)
+        os.pwrite(self._file.fileno(), data.tobytes(), a * self._frame * 4)
+
+    def __getitem__(self, index: Tensor | int) -> Tensor:
+        frames = [index] if isinstance(index, int) else index.reshape(-1).tolist()
+        out = np.empty((len(frames), *self.shape[1:]), np.float32)
+        for i, t in enumerate(frames):
+            raw = os.pread(self._file.fileno(), self._frame * 4, int(t) * self._frame * 4)
+            out[i] = np.frombuffer(raw, np.float32).reshape(self.shape[1:])
+        tensor = torch.from_numpy(out).to(self.device)
+        return tensor[0] if isinstance(index, int) else tensor
+
+    def to(self, device: torch.device) -> StateFile:
+        """Frames read from now on come out on ``device``."""
+        self.device = device
+        return self
+
+
 @dataclass
 class RecordStates:
     """Forward- and backward-filtered states of a whole record (every observation used), and
     its times; what a window of it needs from outside itself."""
 
-    forward: Tensor     # (T, C, H, W, 5)
-    backward: Tensor    # (T, C, H, W, 5), reversed coordinates
-    times: Tensor       # (T,) float64
+    forward: Tensor | StateFile     # (T, C, H, W, 5)
+    backward: Tensor | StateFile    # (T, C, H, W, 5), reversed coordinates
+    times: Tensor                   # (T,) float64
 
     def to(self, device: torch.device) -> RecordStates:
         """The states on ``device``."""
@@ -281,15 +319,54 @@ class RecordStates:
                             self.times.to(device))
 
 
+FILTER_FRAMES = 64   # frames read at a time when a record is filtered
+
+
+def filter_record(smoother: Smoother, read: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
+                  frames: int, times: Tensor, memory: float = math.inf,
+                  device: torch.device = torch.device("cpu")) -> RecordStates:
+    """Filter a record forward and backward with every observation, ``FILTER_FRAMES`` frames
+    read at a time (``read(a, b)``: normalised values and observed (b − a, C, H, W)).
+
+    The states (in float32: half the memory; a window's arithmetic is float64 again) are kept
+    on ``device`` when both fit ``memory`` bytes, else in scratch files. Filtered in pieces
+    they are the same, bit for bit, as filtered whole (:meth:`Smoother.record`).
+    """
+    times = times.to(DTYPE).to(device)
+    cells = read(0, 1)[0].shape[1:]
+    shape = (frames, *cells, STATE)
+    in_memory = 2 * 4 * math.prod(shape) <= memory
+
+    def store() -> Tensor | StateFile:
+        return (torch.empty(shape, dtype=torch.float32, device=device) if in_memory
+                else StateFile(shape, device))
+
+    if not in_memory:
+        log.info("the smoother's states of %d frames (%.1f GB) go to scratch files in %s",
+                 frames, 2 * 4 * math.prod(shape) / 1e9, tempfile.gettempdir())
+    forward, backward = store(), store()
+    for out, reverse in ((forward, False), (backward, True)):
+        state = None
+        starts = range(0, frames, FILTER_FRAMES)
+        for a in (reversed(starts) if reverse else starts):
+            b = min(a + FILTER_FRAMES, frames)
+            values, observed = (torch.from_numpy(x).to(device) for x in read(a, b))
+            start = None
+            if state is not None:
+                gap = (times[b] - times[b - 1]) if reverse else (times[a] - times[a - 1])
+                start = smoother.predict(state, smoother.transition(gap.reshape(1)))
+            run = smoother.record(values, observed, times[a:b], start, reverse)
+            out[a:b] = run
+            state = (run[0] if reverse else run[-1]).to(DTYPE)
+    return RecordStates(forward, backward, times)
+
+
 def record_states(smoother: Smoother, values: Tensor, observed: Tensor,
                   times: Tensor) -> RecordStates:
-    """Filter a record (T, C, H, W) forward and backward with every observation.
-
-    The states are kept in float32 (half the memory; a window's arithmetic is float64 again).
-    """
-    return RecordStates(smoother.record(values, observed, times),
-                        smoother.record(values, observed, times, reverse=True),
-                        times.to(DTYPE))
+    """Filter a record (T, C, H, W) held as tensors, forward and backward, in memory."""
+    return filter_record(smoother, lambda a, b: (values[a:b].cpu().numpy(),
+                                                 observed[a:b].cpu().numpy()),
+                         len(times), times, device=values.device)
 
 
 def posterior(smoother: Smoother, states: RecordStates, frames: slice | None = None
@@ -396,12 +473,14 @@ FIT_FRAMES = 200     # frames of the record's middle the parameters are cross-va
 FIT_CELLS = 128      # ... and at most this many cells a side of the grid's middle
 
 
-def fit_smoother(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
-                 times: np.ndarray, time_unit: str, seed: int = 0) -> SmootherConfig:
+def fit_smoother(read: Callable[[int, int], tuple[np.ndarray, np.ndarray]], frames: int,
+                 domain: np.ndarray, times: np.ndarray, time_unit: str, seed: int = 0
+                 ) -> SmootherConfig:
     """Choose L, r, the radius and κ by cross-validation on observations hidden like the gaps.
 
-    values, observed: normalised (T, C, H, W); times (T,). Up to ``FIT_FRAMES`` frames of the
-    record's middle (and ``FIT_CELLS`` a side) take part; a tenth of their observations is
+    ``read(a, b)`` gives frames [a, b) of a record, normalised, and their observed cells,
+    (b − a, C, H, W); times (T,). Up to ``FIT_FRAMES`` frames of the record's middle (and
+    ``FIT_CELLS`` a side) are read and take part; a tenth of their observations is
     hidden in the shape of the real gaps (:func:`ctxq_cli.withhold.withhold`), the smoother
     fills them from the rest, and each candidate is scored by the mean squared error there. The
     search is coordinate-wise over a log-spaced grid of time scales (from a quarter of the
@@ -409,11 +488,12 @@ def fit_smoother(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
     """
     from ctxq_cli.withhold import withhold
 
-    t = len(times)
-    lo = max(0, (t - FIT_FRAMES) // 2)
-    part = (slice(lo, min(t, lo + FIT_FRAMES)), slice(None), *_middle(domain.shape, FIT_CELLS))
-    domain = domain[part[2:]]
-    v, o, tm = values[part], observed[part] & domain[None, None], times[part[0]]
+    lo = max(0, (frames - FIT_FRAMES) // 2)
+    hi = min(frames, lo + FIT_FRAMES)
+    cells = _middle(domain.shape, FIT_CELLS)
+    domain = domain[cells]
+    v, o = (x[(slice(None), slice(None), *cells)] for x in read(lo, hi))
+    o, tm = o & domain[None, None], times[lo:hi]
     hidden = withhold(o, domain, 0.1, "mask", seed) if o.sum() > 20 else np.zeros_like(o)
     steps = np.diff(np.asarray(times, dtype=np.float64))
     step = float(np.median(steps[steps > 0])) if (steps > 0).any() else 1.0

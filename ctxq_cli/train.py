@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import IO, Any
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ctxq_cli import distributed
-from ctxq_cli.data import Batch, Normalization, Windows, padded_size
+from ctxq_cli.data import Batch, Holdout, Normalization, TrainingFrames, Windows, padded_size
 from ctxq_cli.diffusion import (
     Denoiser,
     FirstGuess,
@@ -30,6 +31,7 @@ from ctxq_cli.diffusion import (
 )
 from ctxq_cli.distributed import WindowSampler
 from ctxq_cli.errors import CtxqError
+from ctxq_cli.frames import CachedFrames, FrameSource, MaskView, ObservedSums, Prefetch, chunks
 from ctxq_cli.loop import LoopOptions, RunControl, optimise
 from ctxq_cli.mask_structure import mask_statistics, mask_structure
 from ctxq_cli.maskprior import (
@@ -49,7 +51,7 @@ from ctxq_cli.partition import (
 )
 from ctxq_cli.temporal import Smoother, SmootherConfig, first_guess, fit_smoother
 from ctxq_cli.unet import UNetConfig
-from ctxq_cli.withhold import calibration_cells, mask_fingerprint
+from ctxq_cli.withhold import calibration_frames, calibration_hidden, mask_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +114,14 @@ class MaskPriorOptions(LoopOptions):
         check_channels(self)
 
 
-def make_partition(options: TrainOptions, observed: np.ndarray, domain: np.ndarray,
-                   windows: Windows, generator: torch.Generator,
-                   mask_prior: MaskPriorModel | None = None) -> tuple[Partition, str]:
+def make_partition(options: TrainOptions, frames: TrainingFrames, windows: Windows,
+                   generator: torch.Generator, mask_prior: MaskPriorModel | None = None
+                   ) -> tuple[Partition, str]:
     """The partition named by the options, or the one ``auto`` picks from the masks."""
-    masks = observed.any(axis=1)  # (T, H, W): a cell is observed if any variable is
+    domain = frames.domain
+    # (T, H, W), read a range at a time: a cell is observed if any variable is
+    masks = MaskView(lambda a, b: frames.observations(a, b)[1].any(axis=1), frames.frames,
+                     domain)
     structure = mask_structure(masks, domain)
     if options.partition == "auto":
         return choose_partition(structure, options.context_ratio, options.overlap)
@@ -155,7 +160,7 @@ def batch_first_guess(windows: Windows, batch: Batch) -> FirstGuess | None:
 def validation_loss(denoiser: Denoiser, windows: Windows, partition: Partition,
                     schedule: NoiseSchedule, seed: int) -> float:
     """Masked loss on held-out observed cells at the smallest noise, with fixed draws."""
-    g = torch.Generator(device=windows.values.device).manual_seed(seed)
+    g = torch.Generator(device=windows.device).manual_seed(seed)
     low = NoiseSchedule(**{**schedule.to_dict(), "low_noise_fraction": 1.0})
     total, n = 0.0, 0
     for batch in windows.sequential(stride=max(1, windows.window)):
@@ -185,17 +190,17 @@ def validation_frames(frames: int, window: int, fraction: float) -> np.ndarray:
     return chosen
 
 
-def split_windows(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
-                  options: TrainOptions | MaskPriorOptions, multiple: int,
+def split_windows(frames: TrainingFrames, options: TrainOptions | MaskPriorOptions,
                   device: torch.device, smoother: Smoother | None = None,
-                  times: np.ndarray | None = None) -> tuple[Windows, Windows | None]:
+                  times: np.ndarray | None = None, memory: float = math.inf
+                  ) -> tuple[Windows, Windows | None]:
     """Training windows and, when the record is long enough, validation windows (in blocks
     of frames that no training window touches, see :func:`validation_frames`)."""
-    t, w = values.shape[0], options.window
+    t, w = frames.frames, options.window
     held = validation_frames(t, w, options.val_fraction)
     covered = np.lib.stride_tricks.sliding_window_view(held, w)     # (T − W + 1, W)
-    everything = Windows(values, observed, domain, w, multiple, options.patch, device,
-                         smoother=smoother, times=times)
+    everything = Windows(frames, w, options.patch, device, smoother=smoother, times=times,
+                         memory=memory)
     train = np.flatnonzero(~covered.any(axis=1))
     val = np.flatnonzero(covered.all(axis=1))
     if not held.any() or not len(val) or not len(train):
@@ -203,50 +208,59 @@ def split_windows(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
     return everything.subset(train), everything.subset(val)
 
 
-def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
-                   variables: list[str], options: TrainOptions, device: torch.device,
+def train_denoiser(source: FrameSource, domain: np.ndarray, variables: list[str],
+                   options: TrainOptions, device: torch.device,
                    log_file: IO[str] | None = None, progress: bool = True,
                    control: RunControl | None = None,
                    mask_prior: MaskPriorModel | None = None, times: np.ndarray | None = None,
-                   time_unit: str = "frames") -> DenoiserModel:
-    """Train a denoiser on a field (T, C, H, W) with its observation mask and domain (H, W).
+                   time_unit: str = "frames", memory: float = math.inf) -> DenoiserModel:
+    """Train a denoiser on a record's frames (T, C, H, W), read from ``source`` a range at a
+    time, inside a domain (H, W).
 
-    ``times`` (T,) are the frames' times in ``time_unit`` (default: 0, 1, 2, … frames).
+    ``times`` (T,) are the frames' times in ``time_unit`` (default: 0, 1, 2, … frames). At
+    most ``memory`` bytes of the smoother's states are held in memory (the rest go to scratch
+    files); what holds the frames is the source's affair (:class:`ctxq_cli.frames.CachedFrames`).
     """
     torch.manual_seed(options.seed)
     gen = torch.Generator(device=device).manual_seed(options.seed)
-    times = np.arange(len(values), dtype=np.float64) if times is None else np.asarray(
+    frame_count = source.frames
+    times = np.arange(frame_count, dtype=np.float64) if times is None else np.asarray(
         times, dtype=np.float64)
-    observed = observed & domain[None, None]  # cells outside the domain never take part
-    holdout = None
+    holdout, held = None, None
     if options.calibration_holdout:
-        observed, holdout = _hold_out_calibration_cells(observed, domain)
-    norm = Normalization.fit(values, observed, per_cell=options.normalization == "cell")
-    normed = norm.apply(values, observed)
+        holdout, held = _hold_out_calibration_cells(source, domain)
+    frames = TrainingFrames(source, domain, holdout=holdout)
+    sums = ObservedSums()
+    for _, _, v, o in chunks(frames.observations, frame_count):
+        sums.add(v, o)
+    norm = Normalization.from_sums(sums, per_cell=options.normalization == "cell")
+    frames.normalization = norm
     smoother_config: SmootherConfig | None = None
     if options.temporal == "smoother":
         start = time.perf_counter()
-        smoother_config = fit_smoother(normed, observed, domain, times, time_unit, options.seed)
+        smoother_config = fit_smoother(frames.normalised, frame_count, domain, times, time_unit,
+                                       options.seed)
         log.info("temporal smoother fitted in %.1f s", time.perf_counter() - start)
     guessed = smoother_config is not None
-    config = UNetConfig(in_channels=Denoiser.input_channels(options.window * values.shape[1],
-                                                            guessed),
-                        out_channels=options.window * values.shape[1],
+    channels = len(variables)
+    config = UNetConfig(in_channels=Denoiser.input_channels(options.window * channels, guessed),
+                        out_channels=options.window * channels,
                         channels=tuple(options.channels), patch=options.stem_patch,
                         attention_heads=options.attention_heads)
     if options.position_channels:   # the map covers the grid as Windows pads it
         config = dataclasses.replace(
             config, position_channels=options.position_channels,
-            grid=(padded_size(values.shape[-2], config.multiple),
-                  padded_size(values.shape[-1], config.multiple)))
-    train_w, val_w = split_windows(normed, observed, domain, options, config.multiple, device,
+            grid=(padded_size(domain.shape[0], config.multiple),
+                  padded_size(domain.shape[1], config.multiple)))
+    frames.multiple = config.multiple
+    train_w, val_w = split_windows(frames, options, device,
                                    None if smoother_config is None else Smoother(smoother_config),
-                                   times)
+                                   times, memory)
     if mask_prior is not None and mask_prior.window != options.window:
         raise CtxqError(f"the mask prior's window ({mask_prior.window} frames) differs from "
                         f"--window {options.window}; train the prior with --window "
                         f"{options.window}")
-    partition, why = make_partition(options, observed, domain, train_w, gen, mask_prior)
+    partition, why = make_partition(options, frames, train_w, gen, mask_prior)
     log.info("partition: %s (%s)", partition.name, why)
 
     schedule = NoiseSchedule(low_noise_fraction=options.low_noise_fraction)
@@ -259,27 +273,34 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
     sampler = WindowSampler(train_w.count, distributed.split_batch(options.batch_size,
                                                                     control.group),
                             options.seed, control.group)
+    prefetch = Prefetch(train_w.read_ahead, isinstance(source, CachedFrames))
 
     def loss_fn(net: nn.Module, g: torch.Generator) -> Tensor:
         batch = train_w.batch(sampler.next(), g)
+        prefetch.ahead(sampler.peek())
         return context_query_loss(net, batch.values, batch.observed, batch.domain, partition,
                                   schedule, g, batch.positions, batch_first_guess(train_w, batch))
 
     def validate(ema: nn.Module) -> float:
         return validation_loss(ema, val_w, partition, schedule, options.seed)
 
-    fingerprint = {"shape": list(values.shape), "variables": list(variables),
-                   "normalization": norm.to_dict(), "observed": int(observed.sum()),
-                   "domain": int(domain.sum()),
+    fingerprint = {"shape": [frame_count, channels, *domain.shape],
+                   "variables": list(variables), "normalization": norm.to_dict(),
+                   "observed": int(sums.count.sum()), "domain": int(domain.sum()),
                    "temporal": None if smoother_config is None else smoother_config.to_dict()}
     log.info("batch size %d%s", options.batch_size,
              f" ({sampler.batch} per process × {control.group.world} processes)"
              if control.group.active else "")
-    ema, summary = optimise(denoiser, loss_fn, options, gen, validate if val_w else None,
-                            fingerprint, control, log_file, progress, sampler)
+    try:
+        ema, summary = optimise(denoiser, loss_fn, options, gen, validate if val_w else None,
+                                fingerprint, control, log_file, progress, sampler)
+    finally:
+        prefetch.close()
+    if isinstance(source, CachedFrames):
+        log.info("frames: %s", source.describe())
     summary["partition_reason"] = why
-    if holdout:
-        summary["calibration_holdout"] = holdout
+    if held:
+        summary["calibration_holdout"] = held
     return DenoiserModel(denoiser=ema, schedule=schedule, normalization=norm, partition=partition,
                          variables=list(variables), window=options.window, domain=domain,
                          step=summary["steps_done"], training=summary,
@@ -287,31 +308,32 @@ def train_denoiser(values: np.ndarray, observed: np.ndarray, domain: np.ndarray,
                          smoother=smoother_config)
 
 
-def _hold_out_calibration_cells(observed: np.ndarray, domain: np.ndarray
-                                ) -> tuple[np.ndarray, dict[str, Any] | None]:
-    """Observations less the cells impute will calibrate its spread on, and what was held."""
-    frames, hidden = calibration_cells(observed, domain)
+def _hold_out_calibration_cells(source: FrameSource, domain: np.ndarray
+                                ) -> tuple[Holdout | None, dict[str, Any] | None]:
+    """The cells impute will calibrate its spread on, kept out of training, and what was held."""
+    frames = calibration_frames(source.frames)
+    observed = source.read(frames.start, frames.stop)[1] & domain[None, None]
+    hidden = calibration_hidden(observed, domain)
     if hidden is None:
-        return observed, None
-    kept = observed.copy()
-    kept[frames] &= ~hidden
+        return None, None
     log.info("%d observations of frames %d-%d kept out of training: impute calibrates its "
              "spread on them", int(hidden.sum()), frames.start, frames.stop - 1)
-    return kept, {"frames": [frames.start, frames.stop], "cells": int(hidden.sum()),
-                  "fingerprint": mask_fingerprint(observed[frames], domain)}
+    return Holdout(frames, hidden), {"frames": [frames.start, frames.stop],
+                                     "cells": int(hidden.sum()),
+                                     "fingerprint": mask_fingerprint(observed, domain)}
 
 
-def train_mask_prior(observed: np.ndarray, domain: np.ndarray, options: MaskPriorOptions,
+def train_mask_prior(source: FrameSource, domain: np.ndarray, options: MaskPriorOptions,
                      device: torch.device, log_file: IO[str] | None = None,
                      progress: bool = True, control: RunControl | None = None) -> MaskPriorModel:
-    """Learn p(M) from observation masks (T, C, H, W) inside the domain (H, W)."""
+    """Learn p(M) from a record's observation masks (read from ``source`` a range at a time)
+    inside the domain (H, W)."""
     torch.manual_seed(options.seed)
     gen = torch.Generator(device=device).manual_seed(options.seed)
-    masks = (observed.any(axis=1) & domain[None])[:, None]          # (T, 1, H, W)
     config = MaskPriorConfig(frames=options.window, scale=options.scale,
                              channels=tuple(options.channels), patch=options.stem_patch)
-    zeros = np.zeros(masks.shape, np.float32)   # Windows wants values; only masks matter here
-    train_w, val_w = split_windows(zeros, masks, domain, options, config.multiple, device)
+    frames = TrainingFrames(source, domain, config.multiple, masks=True)
+    train_w, val_w = split_windows(frames, options, device)
     network = MaskPrior(config).to(device)
     log.info("mask prior: %d parameters, window %d, %d training windows%s",
              parameter_count(network), options.window, train_w.count,
@@ -322,8 +344,11 @@ def train_mask_prior(observed: np.ndarray, domain: np.ndarray, options: MaskPrio
                                                                     control.group),
                             options.seed, control.group)
 
+    prefetch = Prefetch(train_w.read_ahead, isinstance(source, CachedFrames))
+
     def loss_fn(net: nn.Module, g: torch.Generator) -> Tensor:
         batch = train_w.batch(sampler.next(), g)
+        prefetch.ahead(sampler.peek())
         return mask_prior_loss(net, batch.observed, batch.domain, g)
 
     @torch.no_grad()
@@ -334,10 +359,14 @@ def train_mask_prior(observed: np.ndarray, domain: np.ndarray, options: MaskPrio
                   for b in batches]
         return sum(losses) / max(sum(len(b.observed) for b in batches), 1)
 
-    fingerprint = {"shape": list(masks.shape), "observed": int(masks.sum()),
+    observed = sum(int(o.sum()) for _, _, _, o in chunks(frames.observations, source.frames))
+    fingerprint = {"shape": [source.frames, 1, *domain.shape], "observed": observed,
                    "domain": int(domain.sum())}
-    ema, summary = optimise(network, loss_fn, options, gen, validate if val_w else None,
-                            fingerprint, control, log_file, progress, sampler)
+    try:
+        ema, summary = optimise(network, loss_fn, options, gen, validate if val_w else None,
+                                fingerprint, control, log_file, progress, sampler)
+    finally:
+        prefetch.close()
     model = MaskPriorModel(network=ema, domain=domain, step=summary["steps_done"],
                            training=summary)
     model.fidelity = fidelity_report(model, train_w, options, device)

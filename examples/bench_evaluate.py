@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ctxq_cli import evaluation  # noqa: E402
+from ctxq_cli.frames import InMemory
 from ctxq_cli.impute import impute_calibrated  # noqa: E402
 from ctxq_cli.model import DenoiserModel  # noqa: E402
 from ctxq_cli.plots import evaluation_figure  # noqa: E402
@@ -79,7 +80,8 @@ def run_case(name: str, truth: np.ndarray, mask: str, args: argparse.Namespace,
         model = DenoiserModel.load(saved, dev)
         print(f"{saved}: trained model reused ({model.step} steps)", flush=True)
     else:
-        model = train_denoiser(values, observed, domain, [name], opts, dev, progress=False)
+        model = train_denoiser(InMemory(values, observed), domain, [name], opts, dev,
+                               progress=False)
         if saved is not None:
             model.save(saved)
     train_s = time.perf_counter() - start

@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ctxq_cli import baselines  # noqa: E402
+from ctxq_cli.frames import InMemory
 from ctxq_cli.impute import impute_field  # noqa: E402
 from ctxq_cli.metrics import rmse, vrmse  # noqa: E402
 from ctxq_cli.model import DenoiserModel, MaskPriorModel  # noqa: E402
@@ -77,7 +78,8 @@ def prior_for(case: str, observed: np.ndarray, args: argparse.Namespace,
     else:
         opts = MaskPriorOptions(window=args.window, steps=args.prior_steps, seed=0)
         t = time.perf_counter()
-        prior = train_mask_prior(observed, np.ones((64, 64), bool), opts, dev, progress=False)
+        prior = train_mask_prior(InMemory(observed, observed), np.ones((64, 64), bool), opts,
+                                 dev, progress=False)
         print(f"  mask prior: {opts.steps} steps in {time.perf_counter() - t:.0f} s", flush=True)
     if args.save_models:
         args.save_models.mkdir(parents=True, exist_ok=True)
@@ -162,7 +164,8 @@ def main() -> None:
                 model = DenoiserModel.load(args.load_models / f"{case}_{part}.safetensors")
             else:
                 prior = prior_for(case, to, args, dev) if part == "prior" else None
-                model = train_denoiser(tv, to, np.ones((64, 64), bool), ["vorticity"], opts,
+                model = train_denoiser(InMemory(tv, to), np.ones((64, 64), bool),
+                                       ["vorticity"], opts,
                                        dev, progress=False, mask_prior=prior)
             if args.save_models:
                 args.save_models.mkdir(parents=True, exist_ok=True)

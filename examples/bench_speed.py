@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ctxq_cli.diffusion import NoiseSchedule, context_query_loss  # noqa: E402
+from ctxq_cli.frames import InMemory
 from ctxq_cli.impute import impute_field  # noqa: E402
 from ctxq_cli.loop import precision_dtype  # noqa: E402
 from ctxq_cli.partition import BlockPartition  # noqa: E402
@@ -91,7 +92,7 @@ def train_rate(values, observed, domain, options: TrainOptions, device) -> tuple
     with tempfile.TemporaryDirectory() as tmp:
         log_path = Path(tmp) / "log.jsonl"
         with open(log_path, "w") as f:
-            model = train_denoiser(values, observed, domain, ["u"], options, device, f,
+            model = train_denoiser(InMemory(values, observed), domain, ["u"], options, device, f,
                                    progress=False)
         records = [json.loads(line) for line in log_path.read_text().splitlines()]
     times = sorted({(r["elapsed_s"], r["step"]) for r in records})

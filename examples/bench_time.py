@@ -39,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ctxq_cli import evaluation  # noqa: E402
+from ctxq_cli.frames import InMemory
 from ctxq_cli.impute import impute_calibrated  # noqa: E402
 from ctxq_cli.model import DenoiserModel  # noqa: E402
 from ctxq_cli.plots import evaluation_figure  # noqa: E402
@@ -151,7 +152,7 @@ def run_case(name: str, args: argparse.Namespace, out: Path | None) -> list[dict
     else:
         options = TrainOptions(steps=10 ** 7, max_minutes=args.minutes, seed=args.train_seed,
                                temporal=args.temporal, **args.train)
-        model = train_denoiser(values[:split], observed[:split], domain, [name], options,
+        model = train_denoiser(InMemory(values[:split], observed[:split]), domain, [name], options,
                                torch.device("cpu"), progress=False, times=times[:split],
                                time_unit="days")
         if saved is not None:

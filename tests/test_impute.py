@@ -8,6 +8,7 @@ import torch
 
 from ctxq_cli.data import Normalization
 from ctxq_cli.errors import CtxqError
+from ctxq_cli.frames import InMemory
 from ctxq_cli.impute import calibrate_spread, impute_field, tile_positions, window_plan
 from ctxq_cli.spread import Spread
 from ctxq_cli.tiles import Tiling, plan
@@ -28,7 +29,7 @@ def _model_data():
 @pytest.fixture(scope="module")
 def model():
     values, observed, domain = _model_data()
-    return train_denoiser(values, observed, domain, ["sst"],
+    return train_denoiser(InMemory(values, observed), domain, ["sst"],
                           TrainOptions(steps=20, channels=(8, 16), batch_size=4, window=3),
                           torch.device("cpu"), progress=False)
 
@@ -109,7 +110,7 @@ def test_odd_grid_trains_on_patches_and_imputes_whole(tmp_path):
     observed = np.random.default_rng(4).random(values.shape) < 0.5
     domain = np.ones((13, 57), bool)
     domain[5:8, 20:30] = False  # an island
-    model = train_denoiser(np.where(observed, values, 0), observed, domain, ["sst"],
+    model = train_denoiser(InMemory(np.where(observed, values, 0), observed), domain, ["sst"],
                            TrainOptions(steps=3, channels=(8, 16, 16), batch_size=2, window=2,
                                         patch=16), torch.device("cpu"), progress=False)
     result = impute_field(model, np.where(observed, values, 0), observed, domain, ensemble=2,
@@ -168,7 +169,7 @@ def test_tile_borders_are_no_worse_than_tile_interiors(temporal):
     truth = smooth_field(50, g, g, seed=8)[:, None]
     observed = np.random.default_rng(8).random(truth.shape) < 0.5
     domain = np.ones((g, g), bool)
-    trained = train_denoiser(np.where(observed, truth, 0), observed, domain, ["u"],
+    trained = train_denoiser(InMemory(np.where(observed, truth, 0), observed), domain, ["u"],
                              TrainOptions(steps=150, channels=(8, 16), batch_size=8, window=1,
                                           patch=24, lr=3e-3, temporal=temporal),
                              torch.device("cpu"), progress=False)

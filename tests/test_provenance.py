@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from ctxq_cli.errors import CtxqError
+from ctxq_cli.frames import ObservedSums
 from ctxq_cli.provenance import TrainingData, check, describe
 from ctxq_cli.reading import Coordinate
 
@@ -18,7 +19,9 @@ def facts(shift=0.0, units="K", scale=1.0, offset=0.0, standard_name="sea_surfac
               Coordinate("lon", ("lon",), np.arange(8) * 0.25, {"units": "degrees_east"}),
               Coordinate("time", ("time",), np.arange(4.0), {"units": "days since 2000-01-01"})]
     attrs = [{"units": units, "standard_name": standard_name}]
-    return describe(["sst"], attrs, coords, ("lat", "lon"), values, observed)
+    sums = ObservedSums()
+    sums.add(values, observed)
+    return describe(["sst"], attrs, coords, ("lat", "lon"), sums)
 
 
 def test_the_same_data_passes_and_the_facts_survive_json():

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ctxq_cli.data import Windows
+from ctxq_cli.data import TrainingFrames, Windows
+from ctxq_cli.frames import InMemory
 from ctxq_cli.partition import PixelPartition, query_probability
 from ctxq_cli.temporal import (
     Smoother,
@@ -132,8 +133,9 @@ def test_a_query_cell_never_reaches_a_training_window_through_the_other_frames()
     times = np.arange(20.0)
 
     def guess(v: np.ndarray, start: int) -> torch.Tensor:
-        w = Windows(np.where(observed, v, 0), observed, np.ones((8, 8), bool), 3, 1, 64,
-                    torch.device("cpu"), smoother=sm, times=times)
+        frames = TrainingFrames(InMemory(np.where(observed, v, 0), observed),
+                                np.ones((8, 8), bool))
+        w = Windows(frames, 3, 64, torch.device("cpu"), smoother=sm, times=times)
         batch = w.batch(torch.tensor([start]), torch.Generator())
         context = torch.zeros_like(batch.observed)
         return first_guess(sm, batch.values, context, batch.messages, 3)
@@ -148,8 +150,9 @@ def test_every_observed_cell_of_a_window_keeps_a_positive_query_probability():
     values = smooth_field(12, 8, 8, seed=5)[:, None]
     observed = np.random.default_rng(5).random(values.shape) < 0.5
     sm = Smoother(SmootherConfig(time_scale=3.0))
-    w = Windows(np.where(observed, values, 0), observed, np.ones((8, 8), bool), 3, 1, 64,
-                torch.device("cpu"), smoother=sm, times=np.arange(12.0))
+    frames = TrainingFrames(InMemory(np.where(observed, values, 0), observed),
+                            np.ones((8, 8), bool))
+    w = Windows(frames, 3, 64, torch.device("cpu"), smoother=sm, times=np.arange(12.0))
     batch = w.batch(torch.arange(w.count), torch.Generator())
     p = query_probability(PixelPartition(ratio=0.8), batch.observed, 200,
                           torch.Generator().manual_seed(0))
@@ -188,7 +191,8 @@ def test_the_fitted_time_scale_follows_the_data(slow):
     else:
         values = rng.standard_normal((frames, 1, 12, 12)).astype(np.float32)
     observed = rng.random(values.shape) < 0.5
-    config = fit_smoother(np.where(observed, values, 0), observed, np.ones((12, 12), bool),
+    record = InMemory(np.where(observed, values, 0), observed)
+    config = fit_smoother(record.read, frames, np.ones((12, 12), bool),
                           np.arange(frames, dtype=float), "days")
     assert config.time_unit == "days" and config.step == 1.0
     assert (config.time_scale > 10) if slow else (config.time_scale < 1)

@@ -1,20 +1,22 @@
 """Training: the loss falls, the checkpoint rebuilds the same model from the file alone."""
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 
-from ctxq_cli import checkpoint, resume
+from ctxq_cli import api, checkpoint, resume
 from ctxq_cli.data import Normalization
 from ctxq_cli.errors import CtxqError, Interrupted
+from ctxq_cli.frames import CachedFrames, InMemory
 from ctxq_cli.loop import LoopOptions, RunControl, optimise
 from ctxq_cli.model import DenoiserModel
 from ctxq_cli.train import TrainOptions, train_denoiser
 from ctxq_cli.withhold import calibration_cells
 
-from conftest import smooth_field
+from conftest import smooth_field, write_nc
 
 TINY = dict(channels=(8, 16), batch_size=4, val_every=10, window=3)
 
@@ -29,7 +31,7 @@ def test_training_reduces_the_query_loss(tmp_path):
     values, observed, domain = _data()
     log_path = tmp_path / "log.jsonl"
     with open(log_path, "w") as f:
-        model = train_denoiser(values, observed, domain, ["sst"],
+        model = train_denoiser(InMemory(values, observed), domain, ["sst"],
                                TrainOptions(steps=150, lr=3e-3, temporal="none", patience=0,
                                             **TINY), torch.device("cpu"), f, progress=False)
     records = [json.loads(line) for line in log_path.read_text().splitlines()]
@@ -44,7 +46,7 @@ def test_training_reduces_the_query_loss(tmp_path):
 def test_checkpoint_round_trip(tmp_path):
     values, observed, domain = _data()
     domain[:, :2] = False
-    model = train_denoiser(values, observed, domain, ["sst"],
+    model = train_denoiser(InMemory(values, observed), domain, ["sst"],
                            TrainOptions(steps=3, partition="empirical", **TINY),
                            torch.device("cpu"), progress=False)
     path = tmp_path / "d.safetensors"
@@ -82,7 +84,7 @@ def test_a_diverging_loss_stops_training_with_one_line():
     values = values.copy()
     values[0, 0, 0, 0] = np.inf   # one poisoned observed value ruins the normalisation
     with pytest.raises(CtxqError, match="training diverged: the loss is .* at step 1"):
-        train_denoiser(values, observed | True, domain, ["sst"],
+        train_denoiser(InMemory(values, observed | True), domain, ["sst"],
                        TrainOptions(steps=3, **TINY), torch.device("cpu"), progress=False)
 
 
@@ -92,24 +94,50 @@ def _stop_after(n):
     return lambda: next(calls) >= n
 
 
+def test_a_record_streamed_from_its_file_trains_the_same_weights_as_one_in_memory(tmp_path):
+    # A budget smaller than one block of frames: every window is read again from the file and
+    # the smoother's states go to scratch files; the calibration cells are held out.
+    values, observed, domain = _data()
+    path = write_nc(tmp_path / "sst.nc", values[:, 0], observed=observed[:, 0])
+    opts = TrainOptions(steps=4, **{**TINY, "val_every": 2})
+    cpu = torch.device("cpu")
+    in_memory = train_denoiser(InMemory(values, observed), domain, ["sst"], opts, cpu,
+                               progress=False, times=np.arange(40.0), time_unit="days")
+    rec = api.read_training_record(path, memory_gb=1e-5)
+    streamed = api.train_field(rec, opts, cpu)
+    assert rec.source.reads > rec.frames / rec.source.block and rec.source._held == 0
+    assert in_memory.smoother is not None and streamed.smoother == in_memory.smoother
+    assert streamed.training["calibration_holdout"] == in_memory.training["calibration_holdout"]
+    assert streamed.normalization == in_memory.normalization
+    for name, tensor in in_memory.denoiser.state_dict().items():
+        assert torch.equal(tensor, streamed.denoiser.state_dict()[name]), name
+
+
 @pytest.mark.slow
-def test_an_interrupted_run_resumes_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("budget", [math.inf, 1e4])
+def test_an_interrupted_run_resumes_bit_for_bit(tmp_path, budget):
     values, observed, domain = _data()
     # validations at steps 3 and 6 come before the stop: the best weights survive it
     opts = TrainOptions(steps=12, partition="empirical", checkpoint_every=5,
                         **{**TINY, "val_every": 3})
     cpu = torch.device("cpu")
-    straight = train_denoiser(values, observed, domain, ["sst"], opts, cpu, progress=False)
+    straight = train_denoiser(InMemory(values, observed), domain, ["sst"], opts, cpu,
+                              progress=False)
+
+    def source():   # with a budget, the interrupted and resumed runs read frames on demand
+        record = InMemory(values, observed)
+        return record if budget == math.inf else CachedFrames(record, budget)
 
     state = resume.state_path(tmp_path / "d.safetensors")
     log_path = tmp_path / "log.jsonl"
     with open(log_path, "w") as f, pytest.raises(Interrupted, match="interrupted at step 7 of 12"):
-        train_denoiser(values, observed, domain, ["sst"], opts, cpu, f, progress=False,
-                       control=RunControl(state, should_stop=_stop_after(7)))
+        train_denoiser(source(), domain, ["sst"], opts, cpu, f, progress=False,
+                       control=RunControl(state, should_stop=_stop_after(7)), memory=budget)
     assert state.exists() and resume.previous_path(state).exists()  # step 7 and step 5
     with open(log_path, "a") as f:
-        resumed = train_denoiser(values, observed, domain, ["sst"], opts, cpu, f,
-                                 progress=False, control=RunControl(state, resume=True))
+        resumed = train_denoiser(source(), domain, ["sst"], opts, cpu, f,
+                                 progress=False, control=RunControl(state, resume=True),
+                                 memory=budget)
     for name, tensor in straight.denoiser.state_dict().items():
         assert torch.equal(tensor, resumed.denoiser.state_dict()[name]), name
     assert resumed.training["best_step"] == straight.training["best_step"]
@@ -125,16 +153,17 @@ def test_resume_refuses_other_options_or_data_and_survives_a_torn_state(tmp_path
     cpu = torch.device("cpu")
     state = resume.state_path(tmp_path / "d.safetensors")
     with pytest.raises(Interrupted):
-        train_denoiser(values, observed, domain, ["sst"], opts, cpu, progress=False,
+        train_denoiser(InMemory(values, observed), domain, ["sst"], opts, cpu, progress=False,
                        control=RunControl(state, should_stop=_stop_after(5)))
     with pytest.raises(CtxqError, match="option lr was"):
-        train_denoiser(values, observed, domain, ["sst"], TrainOptions(**{**vars(opts), "lr": 1.0}),
+        train_denoiser(InMemory(values, observed), domain, ["sst"],
+                       TrainOptions(**{**vars(opts), "lr": 1.0}),
                        cpu, progress=False, control=RunControl(state, resume=True))
     with pytest.raises(CtxqError, match="the data differ"):
-        train_denoiser(values * 2, observed, domain, ["sst"], opts, cpu, progress=False,
+        train_denoiser(InMemory(values * 2, observed), domain, ["sst"], opts, cpu, progress=False,
                        control=RunControl(state, resume=True))
     state.write_bytes(state.read_bytes()[:100])   # a crash mid-copy: the previous state is used
-    model = train_denoiser(values, observed, domain, ["sst"], opts, cpu, progress=False,
+    model = train_denoiser(InMemory(values, observed), domain, ["sst"], opts, cpu, progress=False,
                            control=RunControl(state, resume=True))
     assert model.step == 6
 
@@ -196,7 +225,7 @@ def test_training_that_only_hurts_keeps_the_untrained_weights():
 
 def test_no_patience_trains_to_the_end_and_keeps_the_best():
     values, observed, domain = _data()
-    model = train_denoiser(values, observed, domain, ["sst"],
+    model = train_denoiser(InMemory(values, observed), domain, ["sst"],
                            TrainOptions(steps=30, patience=0, **TINY), torch.device("cpu"),
                            progress=False)
     summary = model.training
@@ -212,13 +241,14 @@ def test_the_cells_impute_calibrates_on_never_reach_training():
     poisoned[frames][hidden] = 1e6
     # the poison would dominate statistics fitted on every observation...
     assert Normalization.fit(poisoned, observed, per_cell=True).std[0] > 1e3
-    model = train_denoiser(poisoned, observed, domain, ["sst"], TrainOptions(steps=2, **TINY),
+    model = train_denoiser(InMemory(poisoned, observed), domain, ["sst"],
+                           TrainOptions(steps=2, **TINY),
                            torch.device("cpu"), progress=False)
     # ...but training never saw it
     assert model.normalization.std[0] < 10
     held = model.training["calibration_holdout"]
     assert held["cells"] == hidden.sum() and held["frames"] == [frames.start, frames.stop]
-    everything = train_denoiser(poisoned, observed, domain, ["sst"],
+    everything = train_denoiser(InMemory(poisoned, observed), domain, ["sst"],
                                 TrainOptions(steps=2, calibration_holdout=False, **TINY),
                                 torch.device("cpu"), progress=False)
     assert everything.normalization.std[0] > 1e3               # asked for: all observations
