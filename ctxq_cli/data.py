@@ -111,6 +111,16 @@ class Batch:
     messages: tuple[Tensor, Tensor, Tensor] | None = None   # the smoother's, for a window
 
 
+def needed_states(starts: np.ndarray, window: int, frames: int) -> np.ndarray:
+    """The frames (bool, (T,)) whose smoother states windows starting at ``starts`` are told:
+    the one before each window and the one after it (:func:`ctxq_cli.temporal.window_messages`)."""
+    keep = np.zeros(frames, bool)
+    starts = np.asarray(starts, dtype=np.int64)
+    keep[np.clip(starts - 1, 0, frames - 1)] = True
+    keep[np.clip(starts + window, 0, frames - 1)] = True
+    return keep
+
+
 @dataclass
 class Holdout:
     """Observations kept out of training: ``hidden`` (n, C, H, W) cells of frames ``frames``."""
@@ -165,13 +175,14 @@ class Windows:
     :meth:`subset` gives another set over the same frames. A window's frames are read when it
     is drawn. With a temporal ``smoother`` the whole record is filtered once, forward and
     backward, with every observation, so each window can be told what the frames outside it
-    say (:mod:`ctxq_cli.temporal`); the filtered states are kept in memory when they fit
-    ``memory`` bytes, else in a scratch file.
+    say (:mod:`ctxq_cli.temporal`); only the states that the windows starting at ``used`` need
+    are kept (all by default), in memory when they fit ``memory`` bytes, else in scratch files.
     """
 
     def __init__(self, frames: TrainingFrames, window: int, patch: int, device: torch.device,
                  starts: np.ndarray | None = None, smoother: Smoother | None = None,
-                 times: np.ndarray | None = None, memory: float = math.inf) -> None:
+                 times: np.ndarray | None = None, memory: float = math.inf,
+                 used: np.ndarray | None = None) -> None:
         """``times`` (T,) for the smoother."""
         self.window, self.frames, self.device = window, frames, device
         count = frames.frames
@@ -187,7 +198,9 @@ class Windows:
         self.states: RecordStates | None = None
         if smoother is not None:
             t = torch.from_numpy(np.asarray(times, dtype=np.float64))
-            self.states = filter_record(smoother, frames.read, count, t, memory).to(device)
+            self.states = filter_record(smoother, frames.read, count, t, memory, device,
+                                        None if used is None else needed_states(used, window,
+                                                                                count))
 
     def subset(self, starts: np.ndarray) -> Windows:
         """The windows starting at ``starts``, sharing this set's arrays."""
@@ -200,19 +213,20 @@ class Windows:
         """Number of distinct windows."""
         return len(self.starts)
 
-    def _gather(self, starts: Tensor) -> Batch:
-        """Whole-grid windows starting at frames ``starts``."""
+    def _gather(self, starts: Tensor, messages: bool = True) -> Batch:
+        """Whole-grid windows starting at frames ``starts`` (without the smoother's messages
+        when ``messages`` is false)."""
         b = len(starts)
         read = [self.frames.read(s, s + self.window) for s in starts.tolist()]
         h, w = self.domain.shape
         v = torch.from_numpy(np.stack([r[0] for r in read])).reshape(b, -1, h, w)
         o = torch.from_numpy(np.stack([r[1] for r in read])).reshape(b, -1, h, w)
         d = self.domain[None, None].expand(b, 1, -1, -1)
-        messages = None
-        if self.smoother is not None:
-            messages = window_messages(self.smoother, self.states, starts.to(self.device),
-                                       self.window)
-        return Batch(v.to(self.device), o.to(self.device), d, None, messages)
+        told = None
+        if self.smoother is not None and messages:
+            told = window_messages(self.smoother, self.states, starts.to(self.device),
+                                   self.window)
+        return Batch(v.to(self.device), o.to(self.device), d, None, told)
 
     def read_ahead(self, indices: Tensor) -> None:
         """Read the frames of windows ``indices`` (into a cache, when the source has one)."""
@@ -261,4 +275,4 @@ class Windows:
         """Up to ``size`` observation-mask windows (N, F, H, W), for the empirical partition."""
         n = min(size, self.count)
         pick = torch.randperm(self.count, generator=generator, device=generator.device)[:n]
-        return self._gather(self.starts[pick.cpu()]).observed.cpu()
+        return self._gather(self.starts[pick.cpu()], messages=False).observed.cpu()

@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 from torch import distributed as dist
-from torch.utils.data import DistributedSampler
 
 from ctxq_cli.errors import CtxqError
 
@@ -112,26 +111,33 @@ def split_batch(batch_size: int, group: Group) -> int:
     return batch_size // group.world
 
 
-class WindowSampler:
-    """This process's shard of each epoch's shuffled training windows, batch after batch.
+def shard(count: int, group: Group) -> range:
+    """This process's share of ``count`` training windows: a contiguous run of them, so that
+    it reads (and the temporal smoother keeps states for) only its own stretch of the record."""
+    return range(count * group.rank // group.world, count * (group.rank + 1) // group.world)
 
-    The order comes from a :class:`DistributedSampler` seeded once, reshuffled every epoch;
-    a batch that runs past an epoch's end continues into the next. Its position is part of a
-    resumable state.
+
+class WindowSampler:
+    """This process's shard of the training windows (:func:`shard`), shuffled anew every
+    epoch, batch after batch.
+
+    The order of an epoch is a permutation drawn from ``seed + epoch`` (with one process, the
+    order of a shuffling ``DistributedSampler``); a batch that runs past an epoch's end
+    continues into the next. Its position is part of a resumable state.
     """
 
     def __init__(self, count: int, batch: int, seed: int, group: Group = Group()) -> None:
         self.count, self.batch, self.seed, self.group = count, batch, seed, group
+        self.windows = shard(count, group)
         self.epoch, self.position = 0, 0
         self._order: list[int] | None = None
 
     def _epoch_order(self) -> list[int]:
         """Window indices of the current epoch for this rank."""
         if self._order is None:
-            sampler = DistributedSampler(range(self.count), num_replicas=self.group.world,
-                                         rank=self.group.rank, shuffle=True, seed=self.seed)
-            sampler.set_epoch(self.epoch)
-            self._order = list(sampler)
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(len(self.windows), generator=g) + self.windows.start
+            self._order = order.tolist()
         return self._order
 
     def next(self) -> torch.Tensor:

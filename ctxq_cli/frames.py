@@ -22,7 +22,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-BLOCK_BYTES = 8 * 2**20   # a block of frames read from disk at once is about this large ...
+BLOCK_BYTES = 2 * 2**20   # a block of frames read from disk at once is about this large ...
 MAX_BLOCK = 16            # ... and at most this many frames (random windows want few)
 CHUNK = 64        # frames per step of a pass over a record
 

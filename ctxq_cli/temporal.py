@@ -309,14 +309,25 @@ class RecordStates:
     """Forward- and backward-filtered states of a whole record (every observation used), and
     its times; what a window of it needs from outside itself."""
 
-    forward: Tensor | StateFile     # (T, C, H, W, 5)
-    backward: Tensor | StateFile    # (T, C, H, W, 5), reversed coordinates
+    forward: Tensor | StateFile     # (T', C, H, W, 5): every frame, or the kept ones
+    backward: Tensor | StateFile    # (T', C, H, W, 5), reversed coordinates
     times: Tensor                   # (T,) float64
+    slots: Tensor | None = None     # (T,) where each frame's states are (−1: not kept)
 
     def to(self, device: torch.device) -> RecordStates:
         """The states on ``device``."""
         return RecordStates(self.forward.to(device), self.backward.to(device),
-                            self.times.to(device))
+                            self.times.to(device),
+                            None if self.slots is None else self.slots.to(device))
+
+    def index(self, frames: Tensor) -> Tensor:
+        """Where the states of ``frames`` (which must have been kept) are stored."""
+        if self.slots is None:
+            return frames
+        slots = self.slots[frames]
+        if bool((slots < 0).any()):
+            raise ValueError("the states of a frame that was not kept were asked for")
+        return slots
 
 
 FILTER_FRAMES = 64   # frames read at a time when a record is filtered
@@ -324,17 +335,22 @@ FILTER_FRAMES = 64   # frames read at a time when a record is filtered
 
 def filter_record(smoother: Smoother, read: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
                   frames: int, times: Tensor, memory: float = math.inf,
-                  device: torch.device = torch.device("cpu")) -> RecordStates:
+                  device: torch.device = torch.device("cpu"), keep: np.ndarray | None = None
+                  ) -> RecordStates:
     """Filter a record forward and backward with every observation, ``FILTER_FRAMES`` frames
     read at a time (``read(a, b)``: normalised values and observed (b − a, C, H, W)).
 
-    The states (in float32: half the memory; a window's arithmetic is float64 again) are kept
-    on ``device`` when both fit ``memory`` bytes, else in scratch files. Filtered in pieces
-    they are the same, bit for bit, as filtered whole (:meth:`Smoother.record`).
+    Only the states of frames ``keep`` (bool (T,); all by default) are kept: in float32 (half
+    the memory; a window's arithmetic is float64 again), on ``device`` when both directions fit
+    ``memory`` bytes, else in scratch files. Filtered in pieces they are the same, bit for bit,
+    as filtered whole (:meth:`Smoother.record`).
     """
     times = times.to(DTYPE).to(device)
     cells = read(0, 1)[0].shape[1:]
-    shape = (frames, *cells, STATE)
+    slots = None
+    if keep is not None:
+        slots = torch.from_numpy(np.where(keep, np.cumsum(keep) - 1, -1)).to(device)
+    shape = (frames if keep is None else int(keep.sum()), *cells, STATE)
     in_memory = 2 * 4 * math.prod(shape) <= memory
 
     def store() -> Tensor | StateFile:
@@ -343,7 +359,7 @@ def filter_record(smoother: Smoother, read: Callable[[int, int], tuple[np.ndarra
 
     if not in_memory:
         log.info("the smoother's states of %d frames (%.1f GB) go to scratch files in %s",
-                 frames, 2 * 4 * math.prod(shape) / 1e9, tempfile.gettempdir())
+                 shape[0], 2 * 4 * math.prod(shape) / 1e9, tempfile.gettempdir())
     forward, backward = store(), store()
     for out, reverse in ((forward, False), (backward, True)):
         state = None
@@ -356,9 +372,13 @@ def filter_record(smoother: Smoother, read: Callable[[int, int], tuple[np.ndarra
                 gap = (times[b] - times[b - 1]) if reverse else (times[a] - times[a - 1])
                 start = smoother.predict(state, smoother.transition(gap.reshape(1)))
             run = smoother.record(values, observed, times[a:b], start, reverse)
-            out[a:b] = run
+            if keep is None:
+                out[a:b] = run
+            else:
+                for i in np.flatnonzero(keep[a:b]):      # kept frames, a run at a time
+                    out[int(slots[a + i]):int(slots[a + i]) + 1] = run[i:i + 1]
             state = (run[0] if reverse else run[-1]).to(DTYPE)
-    return RecordStates(forward, backward, times)
+    return RecordStates(forward, backward, times, slots)
 
 
 def record_states(smoother: Smoother, values: Tensor, observed: Tensor,
@@ -379,9 +399,9 @@ def posterior(smoother: Smoother, states: RecordStates, frames: slice | None = N
     ahead = (index + 1).clamp(max=count - 1)
     gap = torch.where(index + 1 < count, states.times[ahead] - states.times[index],
                       torch.full_like(states.times[index], math.inf))
-    backward = smoother.predict(states.backward[ahead],
+    backward = smoother.predict(states.backward[states.index(ahead)],
                                 smoother.transition(gap.reshape(-1, *(1,) * len(cells))))
-    return smoother.combine(states.forward[index], backward)
+    return smoother.combine(states.forward[states.index(index)], backward)
 
 
 def window_messages(smoother: Smoother, states: RecordStates, starts: Tensor, window: int
@@ -402,8 +422,10 @@ def window_messages(smoother: Smoother, states: RecordStates, starts: Tensor, wi
     extra = (1,) * len(cells)
     gap_in = (padded[idx + 1] - padded[idx]).reshape(-1, *extra)
     gap_out = (padded[last + 2] - padded[last + 1]).reshape(-1, *extra)
-    entering = smoother.predict(states.forward[before], smoother.transition(gap_in))
-    leaving = smoother.predict(states.backward[after], smoother.transition(gap_out))
+    entering = smoother.predict(states.forward[states.index(before)],
+                                smoother.transition(gap_in))
+    leaving = smoother.predict(states.backward[states.index(after)],
+                               smoother.transition(gap_out))
     frames = idx[:, None] + torch.arange(window, device=idx.device)[None]
     steps = times[frames[:, 1:]] - times[frames[:, :-1]]
     return entering, leaving, steps

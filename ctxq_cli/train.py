@@ -192,18 +192,24 @@ def validation_frames(frames: int, window: int, fraction: float) -> np.ndarray:
 
 def split_windows(frames: TrainingFrames, options: TrainOptions | MaskPriorOptions,
                   device: torch.device, smoother: Smoother | None = None,
-                  times: np.ndarray | None = None, memory: float = math.inf
+                  times: np.ndarray | None = None, memory: float = math.inf,
+                  group: distributed.Group = distributed.Group()
                   ) -> tuple[Windows, Windows | None]:
     """Training windows and, when the record is long enough, validation windows (in blocks
-    of frames that no training window touches, see :func:`validation_frames`)."""
+    of frames that no training window touches, see :func:`validation_frames`). The smoother's
+    states are kept for this process's shard of the training windows and the validation ones."""
     t, w = frames.frames, options.window
     held = validation_frames(t, w, options.val_fraction)
     covered = np.lib.stride_tricks.sliding_window_view(held, w)     # (T − W + 1, W)
-    everything = Windows(frames, w, options.patch, device, smoother=smoother, times=times,
-                         memory=memory)
     train = np.flatnonzero(~covered.any(axis=1))
     val = np.flatnonzero(covered.all(axis=1))
-    if not held.any() or not len(val) or not len(train):
+    split = held.any() and len(val) and len(train)
+    if not split:
+        train, val = np.arange(t - w + 1), val[:0]
+    used = np.concatenate([train[distributed.shard(len(train), group)], val])
+    everything = Windows(frames, w, options.patch, device, smoother=smoother, times=times,
+                         memory=memory, used=used)
+    if not split:
         return everything, None
     return everything.subset(train), everything.subset(val)
 
@@ -253,9 +259,10 @@ def train_denoiser(source: FrameSource, domain: np.ndarray, variables: list[str]
             grid=(padded_size(domain.shape[0], config.multiple),
                   padded_size(domain.shape[1], config.multiple)))
     frames.multiple = config.multiple
+    control = control or RunControl()
     train_w, val_w = split_windows(frames, options, device,
                                    None if smoother_config is None else Smoother(smoother_config),
-                                   times, memory)
+                                   times, memory, control.group)
     if mask_prior is not None and mask_prior.window != options.window:
         raise CtxqError(f"the mask prior's window ({mask_prior.window} frames) differs from "
                         f"--window {options.window}; train the prior with --window "
@@ -269,7 +276,6 @@ def train_denoiser(source: FrameSource, domain: np.ndarray, variables: list[str]
              parameter_count(denoiser), options.window, train_w.count,
              f", {val_w.count} validation windows" if val_w else ", no validation split")
 
-    control = control or RunControl()
     sampler = WindowSampler(train_w.count, distributed.split_batch(options.batch_size,
                                                                     control.group),
                             options.seed, control.group)

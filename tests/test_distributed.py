@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils.data import DistributedSampler
 
-from ctxq_cli.distributed import Group, WindowSampler, split_batch
+from ctxq_cli.distributed import Group, WindowSampler, shard, split_batch
 from ctxq_cli.errors import CtxqError
 from ctxq_cli.model import DenoiserModel
 
@@ -22,7 +23,7 @@ def test_each_epoch_is_split_into_disjoint_shards_that_cover_it():
     count, world = 37, 3
     samplers = [WindowSampler(count, batch=4, seed=5, group=Group(rank=r, world=world))
                 for r in range(world)]
-    per_rank = -(-count // world)            # DistributedSampler pads to an even split
+    per_rank = -(-count // world)            # the largest shard
     steps = per_rank // 4
     drawn = [torch.cat([s.next() for _ in range(steps)]).tolist() for s in samplers]
     flat = [i for shard in drawn for i in shard]
@@ -32,6 +33,18 @@ def test_each_epoch_is_split_into_disjoint_shards_that_cover_it():
     full = [WindowSampler(count, batch=per_rank, seed=5, group=Group(rank=r, world=world)).next()
             for r in range(world)]
     assert set(torch.cat(full).tolist()) == set(range(count))
+
+
+def test_each_process_draws_a_contiguous_stretch_and_one_process_all_in_the_usual_order():
+    count, world = 50, 4
+    for rank in range(world):
+        s = WindowSampler(count, batch=5, seed=3, group=Group(rank=rank, world=world))
+        drawn = torch.cat([s.next() for _ in range(6)]).tolist()
+        stretch = shard(count, Group(rank=rank, world=world))
+        assert set(drawn) <= set(stretch) and len(stretch) in (12, 13)
+    alone = WindowSampler(count, batch=count, seed=3).next().tolist()
+    usual = DistributedSampler(range(count), num_replicas=1, rank=0, shuffle=True, seed=3)
+    assert alone == list(usual)         # one process trains exactly as before the shards
 
 
 def test_the_sampler_goes_on_from_a_saved_position_and_reshuffles_epochs():

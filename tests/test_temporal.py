@@ -13,6 +13,7 @@ from ctxq_cli.temporal import (
     Smoother,
     SmootherConfig,
     distances,
+    filter_record,
     first_guess,
     fit_smoother,
     kernel,
@@ -144,6 +145,27 @@ def test_a_query_cell_never_reaches_a_training_window_through_the_other_frames()
     poisoned[10] += 100.0                      # frame 10, inside the window starting at 9
     assert torch.equal(guess(poisoned, 9), guess(values, 9))
     assert not torch.equal(guess(poisoned, 3), guess(values, 3))
+
+
+@pytest.mark.parametrize("memory", [math.inf, 0.0])
+def test_states_kept_for_some_frames_equal_those_of_the_whole_record(memory):
+    # memory 0: the states go to scratch files and come back through them
+    values = smooth_field(150, 6, 7, seed=8)[:, None]
+    observed = np.random.default_rng(8).random(values.shape) < 0.4
+    v, o = torch.from_numpy(np.where(observed, values, 0)), torch.from_numpy(observed)
+    sm = Smoother(SmootherConfig(time_scale=5.0, nugget=0.01, radius=1,
+                                 correlation=(0.8,)))
+    times = torch.arange(150, dtype=torch.float64)
+    whole = record_states(sm, v, o, times)
+    keep = np.zeros(150, bool)
+    keep[[0, 3, 63, 64, 65, 100, 149]] = True
+    some = filter_record(sm, lambda a, b: (v[a:b].numpy(), o[a:b].numpy()), 150, times,
+                         memory, keep=keep)
+    frames = torch.from_numpy(np.flatnonzero(keep))
+    assert torch.equal(some.forward[some.index(frames)], whole.forward[frames])
+    assert torch.equal(some.backward[some.index(frames)], whole.backward[frames])
+    with pytest.raises(ValueError, match="not kept"):
+        some.index(torch.tensor([5]))
 
 
 def test_every_observed_cell_of_a_window_keeps_a_positive_query_probability():
