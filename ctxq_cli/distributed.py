@@ -2,7 +2,7 @@
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address; a process
 started without them trains alone. With several processes every rank draws its own shard of
-the training windows (a :class:`torch.utils.data.DistributedSampler`) and its own context
+the training windows (a contiguous stretch of them, :func:`shard`) and its own context
 masks; :class:`torch.nn.parallel.DistributedDataParallel` averages the gradients, so all ranks
 hold the same weights after every step. ``--batch-size`` is the global batch, split across the
 ranks, so one configuration means the same run on any number of processes. Only rank 0 writes

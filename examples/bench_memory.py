@@ -99,6 +99,8 @@ def train_table(args: argparse.Namespace, grid: tuple[int, int], work: Path,
     """Peak RSS and samples/s of train-denoiser on records of 1×, 4× and 16× the frames."""
     sizes = [int(s) for s in args.sizes.split(",")]
     runs = [(sizes[0], 1e3, "in memory")] + [(s, args.memory_gb, "streamed") for s in sizes]
+    if args.reference:      # another checkout's train-denoiser, on the 1× record, as it runs
+        runs.insert(0, (sizes[0], None, "reference"))
     for s in sizes:
         path = work / f"train_{s}x.nc"
         if not path.exists():
@@ -112,22 +114,26 @@ def train_table(args: argparse.Namespace, grid: tuple[int, int], work: Path,
     print("|---|---|---|---|---|---|---|")
     for s, memory, how in runs:
         path, log = work / f"train_{s}x.nc", work / f"train_{s}x_{how[:2]}.log.jsonl"
+        budget = [] if memory is None else ["--memory-gb", str(memory)]
         rss, secs = peak_rss(ctxq + [
             "train-denoiser", str(path), "-o", str(work / "m.safetensors"), "--log", str(log),
             "--steps", str(args.train_steps), "--batch-size", str(args.batch), "--patch",
             str(args.patch), "--channels", "16,32", "--temporal", args.temporal,
-            "--val-fraction", "0", "--checkpoint-every", "0", "--memory-gb", str(memory),
-            "--device", args.device, "--overwrite", "--quiet"])
-        held = "all" if how == "in memory" else f"{memory:g} GB"
+            "--val-fraction", "0", "--checkpoint-every", "0", *budget,
+            "--device", args.device, "--overwrite", "--quiet"],
+            args.reference if memory is None else None)
+        held = ("all" if how == "in memory" else f"all, {args.reference.name}"
+                if how == "reference" else f"{memory:g} GB")
         print(f"| {s}× | {s * args.train_frames} | {path.stat().st_size / 2**30:.2f} | {held} | "
               f"{secs:.0f} | {samples_per_second(log, args.batch):.1f} | {rss:.2f} |",
               flush=True)
 
 
-def peak_rss(command: list[str]) -> tuple[float, float]:
-    """Run a command; return its own peak RSS (GiB) and wall seconds."""
+def peak_rss(command: list[str], cwd: Path | None = None) -> tuple[float, float]:
+    """Run a command (in ``cwd``); return its own peak RSS (GiB) and wall seconds."""
     start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read() if proc.stderr else ""
@@ -157,6 +163,9 @@ def main() -> None:
     parser.add_argument("--memory-gb", type=float, default=0.5,
                         help="frames held by the streamed training runs")
     parser.add_argument("--temporal", default="none")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="a checkout of another version (git worktree) whose "
+                        "train-denoiser runs first on the 1× record, for comparison")
     args = parser.parse_args()
     grid = tuple(int(g) for g in args.grid.split(","))
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ctxq_memory_"))

@@ -73,7 +73,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from ctxq_cli import distributed
-from ctxq_cli.frames import InMemory
+from ctxq_cli.frames import CachedFrames, InMemory
 from ctxq_cli.loop import RunControl
 from ctxq_cli.train import TrainOptions, train_denoiser
 
@@ -81,8 +81,11 @@ data = np.load(sys.argv[1])
 group, device = distributed.start(torch.device("cpu"))
 options = TrainOptions(steps=6, channels=(8, 16), batch_size=4, window=3, val_every=3,
                        partition="pixel", val_fraction=0)   # keep the last, trained weights
-model = train_denoiser(InMemory(data["values"], data["observed"]), data["domain"], ["u"],
-                       options, device, progress=False, control=RunControl(group=group))
+# frames read on demand through a cache that holds a part of them, the smoother's states of
+# each process's stretch in scratch files
+frames = CachedFrames(InMemory(data["values"], data["observed"]), budget=2e4)
+model = train_denoiser(frames, data["domain"], ["u"], options, device, progress=False,
+                       control=RunControl(group=group), memory=0)
 save_file({k: v.contiguous() for k, v in model.denoiser.state_dict().items()},
           f"{sys.argv[2]}/rank{group.rank}.safetensors")
 distributed.finish(group)

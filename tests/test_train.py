@@ -13,7 +13,7 @@ from ctxq_cli.errors import CtxqError, Interrupted
 from ctxq_cli.frames import CachedFrames, InMemory
 from ctxq_cli.loop import LoopOptions, RunControl, optimise
 from ctxq_cli.model import DenoiserModel
-from ctxq_cli.train import TrainOptions, train_denoiser
+from ctxq_cli.train import MaskPriorOptions, TrainOptions, train_denoiser, train_mask_prior
 from ctxq_cli.withhold import calibration_cells
 
 from conftest import smooth_field, write_nc
@@ -111,6 +111,18 @@ def test_a_record_streamed_from_its_file_trains_the_same_weights_as_one_in_memor
     assert streamed.normalization == in_memory.normalization
     for name, tensor in in_memory.denoiser.state_dict().items():
         assert torch.equal(tensor, streamed.denoiser.state_dict()[name]), name
+
+
+def test_a_mask_prior_streamed_through_a_small_cache_learns_the_same_weights():
+    values, observed, domain = _data()
+    opts = MaskPriorOptions(steps=3, channels=(8, 16), batch_size=4, val_every=2)
+    cpu = torch.device("cpu")
+    whole = train_mask_prior(InMemory(values, observed), domain, opts, cpu, progress=False)
+    streamed = train_mask_prior(CachedFrames(InMemory(values, observed), 5e3), domain, opts, cpu,
+                                progress=False)
+    for name, tensor in whole.network.state_dict().items():
+        assert torch.equal(tensor, streamed.network.state_dict()[name]), name
+    assert streamed.fidelity == whole.fidelity
 
 
 @pytest.mark.slow
