@@ -481,3 +481,32 @@ def test_one_level_of_a_4d_variable_is_trained_on_and_filled_with_sel(tmp_path):
         assert ds["depth"][:].tolist() == [10.0]
         filled = ds["thetao"][:, 0].filled(np.nan)
     assert filled[observed[:, 1]].tobytes() == levels[:, 1][observed[:, 1]].tobytes()
+
+
+def test_a_record_that_fails_to_read_while_streamed_fails_in_one_line(tmp_path):
+    # Compressed frames with bytes overwritten in their data: the file opens, its frames do
+    # not read. Training reads frames as it goes (here through a cache smaller than a frame).
+    path = tmp_path / "day.nc"
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("time", None)
+        ds.createDimension("lat", 16)
+        ds.createDimension("lon", 16)
+        time = ds.createVariable("time", "f8", ("time",))
+        time.units = "days since 2000-01-01"
+        time[:] = np.arange(40)
+        var = ds.createVariable("sst", "f4", ("time", "lat", "lon"), zlib=True,
+                                chunksizes=(1, 16, 16), fill_value=np.float32(-999))
+        var.units = "K"
+        var[:] = np.random.default_rng(0).standard_normal((40, 16, 16)).astype("f4")
+    raw = bytearray(path.read_bytes())
+    start = int(len(raw) * 0.6)
+    raw[start:start + 600] = b"\x55" * 600
+    path.write_bytes(bytes(raw))
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run("train-denoiser", path, "-o", out / "m.safetensors", "--memory-gb", "1e-6",
+                 *TINY)
+    assert result.exit_code == 1
+    assert result.output.strip().count("\n") == 0
+    assert "day.nc: variable 'sst' cannot be read" in result.output
+    assert os.listdir(out) == []
