@@ -207,7 +207,8 @@ def train_denoiser(data: Any, variables: Sequence[str] | None = None, *,
     """Train a denoiser on ``data`` (anything :func:`open_record` takes); ``options`` are
     :class:`~ctxq_cli.train.TrainOptions` fields (``steps``, ``max_minutes``, ``window`` …).
     At most ``memory_gb`` of frames (and as much of the smoother's states) are held in memory;
-    a larger record is read from its files as training needs it. The model is saved to
+    a larger record is read from its files as training needs it (passes over it read about 64
+    MiB at a time beyond that). The model is saved to
     ``output`` when given, and returned."""
     from ctxq_cli.train import TrainOptions
 
@@ -222,7 +223,8 @@ def train_denoiser(data: Any, variables: Sequence[str] | None = None, *,
 @dataclass
 class TrainingRecord:
     """A record opened for training: its frames (read on demand, at most ``memory`` bytes of
-    them held), metadata, domain and the sums of its observations, from one pass over it."""
+    them held), metadata, domain and the sums of its observations, from a first pass over it
+    (training makes a few more: :mod:`ctxq_cli.frames`)."""
 
     source: Any                  # a CachedFrames over the record's FieldSource
     template: reading.Field      # names, attributes, coordinates; no frames

@@ -38,8 +38,9 @@ DomainFlagsOpt = Annotated[str | None, typer.Option(
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 MemoryOpt = Annotated[float, typer.Option(
     "--memory-gb", help="Frames held in memory while training, in GB (and as much again of "
-    "the temporal smoother's states); a larger record is read from its files as training "
-    "needs it, the states go to scratch files in $TMPDIR.", min=0)]
+    "the temporal smoother's states), per process; a larger record is read from its files as "
+    "training needs it (about 64 MiB at a time besides), the states go to scratch files in "
+    "$TMPDIR.", min=0)]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; same seed, same result.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="Only warnings and errors.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]

@@ -176,7 +176,8 @@ class Windows:
     is drawn. With a temporal ``smoother`` the whole record is filtered once, forward and
     backward, with every observation, so each window can be told what the frames outside it
     say (:mod:`ctxq_cli.temporal`); only the states that the windows starting at ``used`` need
-    are kept (all by default), in memory when they fit ``memory`` bytes, else in scratch files.
+    are kept (all by default), on the device when they fit ``memory`` bytes, else in scratch
+    files (:meth:`close` gives those back).
     """
 
     def __init__(self, frames: TrainingFrames, window: int, patch: int, device: torch.device,
@@ -203,10 +204,15 @@ class Windows:
                                                                                 count))
 
     def subset(self, starts: np.ndarray) -> Windows:
-        """The windows starting at ``starts``, sharing this set's arrays."""
+        """The windows starting at ``starts``, sharing this set's frames and states."""
         other = copy.copy(self)
         other.starts = torch.from_numpy(np.asarray(starts)).long()
         return other
+
+    def close(self) -> None:
+        """Give back the scratch files of the smoother's states, if any."""
+        if self.states is not None:
+            self.states.close()
 
     @property
     def count(self) -> int:

@@ -122,48 +122,56 @@ class WindowSampler:
     epoch, batch after batch.
 
     The order of an epoch is a permutation drawn from ``seed + epoch`` (with one process, the
-    order of a shuffling ``DistributedSampler``); a batch that runs past an epoch's end
-    continues into the next. Its position is part of a resumable state.
+    order of a shuffling ``DistributedSampler``; the other ranks add their own offset, so that
+    their shuffles differ); a batch that runs past an epoch's end continues into the next. How
+    many windows have been drawn is part of a resumable state: every rank draws the same number
+    per step, so one count puts each rank back where it was, whatever its shard's length.
     """
+
+    RANK_SEED = 1_000_003    # seed offset between ranks
 
     def __init__(self, count: int, batch: int, seed: int, group: Group = Group()) -> None:
         self.count, self.batch, self.seed, self.group = count, batch, seed, group
         self.windows = shard(count, group)
-        self.epoch, self.position = 0, 0
-        self._order: list[int] | None = None
+        if not len(self.windows):
+            raise CtxqError(f"{count} training windows cannot be shared by {group.world} "
+                            f"processes; use at most {count} processes or a longer record")
+        self.drawn = 0
+        self._order: tuple[int, list[int]] | None = None   # (epoch, its order)
 
-    def _epoch_order(self) -> list[int]:
-        """Window indices of the current epoch for this rank."""
-        if self._order is None:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
+    def _epoch_order(self, epoch: int) -> list[int]:
+        """Window indices of ``epoch`` for this rank."""
+        if self._order is None or self._order[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed + epoch + self.RANK_SEED * self.group.rank)
             order = torch.randperm(len(self.windows), generator=g) + self.windows.start
-            self._order = order.tolist()
-        return self._order
+            self._order = (epoch, order.tolist())
+        return self._order[1]
 
     def next(self) -> torch.Tensor:
         """The next ``batch`` window indices in [0, count), int64."""
-        out: list[int] = []
-        while len(out) < self.batch:
-            order = self._epoch_order()
-            take = order[self.position:self.position + self.batch - len(out)]
-            out += take
-            self.position += len(take)
-            if self.position >= len(order):
-                self.epoch, self.position, self._order = self.epoch + 1, 0, None
-        return torch.tensor(out, dtype=torch.int64)
+        out = self.peek()
+        self.drawn += self.batch
+        return out
 
     def peek(self) -> torch.Tensor:
         """The indices :meth:`next` will give, without moving on."""
-        saved = self.epoch, self.position, self._order
-        try:
-            return self.next()
-        finally:
-            self.epoch, self.position, self._order = saved
+        out: list[int] = []
+        drawn = self.drawn
+        while len(out) < self.batch:
+            epoch, position = divmod(drawn, len(self.windows))
+            take = self._epoch_order(epoch)[position:position + self.batch - len(out)]
+            out += take
+            drawn += len(take)
+        return torch.tensor(out, dtype=torch.int64)
 
     def state_dict(self) -> dict[str, int]:
-        """Where the sampler stands."""
-        return {"epoch": self.epoch, "position": self.position}
+        """Where the sampler stands: the windows drawn so far (the same on every rank)."""
+        return {"drawn": self.drawn}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Go back to a saved position."""
-        self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None
+        """Go back to a saved position (a state of one process that counted epoch and
+        position is read too)."""
+        if "drawn" in state:
+            self.drawn = int(state["drawn"])
+        else:
+            self.drawn = int(state["epoch"]) * len(self.windows) + int(state["position"])

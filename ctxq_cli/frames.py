@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 2 * 2**20   # a block of frames read from disk at once is about this large ...
 MAX_BLOCK = 16            # ... and at most this many frames (random windows want few)
-CHUNK = 64        # frames per step of a pass over a record
+CHUNK_BYTES = 64 * 2**20  # a pass over a record reads about this much at a time ...
+MAX_CHUNK = 64            # ... and at most this many frames
 
 
 class FrameSource(Protocol):
@@ -62,8 +63,9 @@ class CachedFrames:
         self.source, self.budget = source, budget
         self.frames = source.frames
         first = source.read(0, 1)
-        self.block = int(np.clip(BLOCK_BYTES // max(first[0].nbytes + first[1].nbytes, 1), 1,
-                                 MAX_BLOCK))
+        self._empty = tuple(x[:0] for x in first)
+        self.frame_bytes = first[0].nbytes + first[1].nbytes
+        self.block = int(np.clip(BLOCK_BYTES // max(self.frame_bytes, 1), 1, MAX_BLOCK))
         self._blocks: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._held = 0
         self._lock = threading.Lock()       # the cache's bookkeeping
@@ -89,6 +91,8 @@ class CachedFrames:
             if block is not None:
                 return block
             block = self.source.read(k * self.block, min((k + 1) * self.block, self.frames))
+        for part in block:     # what the cache hands out must not be changed in place
+            part.setflags(write=False)
         size = block[0].nbytes + block[1].nbytes
         with self._lock:
             self.reads += 1
@@ -101,7 +105,9 @@ class CachedFrames:
         return block
 
     def read(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """Frames [a, b)."""
+        """Frames [a, b), read-only."""
+        if b <= a:
+            return self._empty
         pieces = []
         n = self.block
         for k in range(a // n, (b - 1) // n + 1):
@@ -112,6 +118,11 @@ class CachedFrames:
             return pieces[0]
         return np.concatenate([v for v, _ in pieces]), np.concatenate([o for _, o in pieces])
 
+    def holds(self, frames: int) -> bool:
+        """Whether the budget holds the blocks of ``frames`` frames read at random (each may
+        take two blocks)."""
+        return self.budget >= 2 * frames * self.block * self.frame_bytes
+
     def describe(self) -> str:
         """'312 blocks read from disk, 9k served from memory (1.2 of 2.0 GB held)'."""
         return (f"{self.reads} blocks of {self.block} frames read from disk, {self.hits} served "
@@ -121,10 +132,17 @@ class CachedFrames:
 Read = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
 
 
-def chunks(read: Read, frames: int, size: int = CHUNK
+def chunk_frames(read: Read) -> int:
+    """Frames per step of a pass: about ``CHUNK_BYTES`` of them, 1 to ``MAX_CHUNK``."""
+    values, observed = read(0, 1)
+    return int(np.clip(CHUNK_BYTES // max(values.nbytes + observed.nbytes, 1), 1, MAX_CHUNK))
+
+
+def chunks(read: Read, frames: int, size: int | None = None
            ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-    """(a, b, values, observed) of consecutive ranges of ``size`` frames covering [0, frames),
-    each from ``read(a, b)``."""
+    """(a, b, values, observed) of consecutive ranges of frames covering [0, frames), each from
+    ``read(a, b)``; ``size`` frames at a time (default :func:`chunk_frames`)."""
+    size = size or chunk_frames(read)
     for a in range(0, frames, size):
         b = min(a + size, frames)
         yield (a, b, *read(a, b))
@@ -142,13 +160,15 @@ class ObservedSums:
     def add(self, values: np.ndarray, observed: np.ndarray) -> None:
         """Take in frames (T, C, H, W)."""
         if self.shift is None:
-            self.shift = np.array([values[:, c][observed[:, c]].astype(np.float64).mean()
-                                   if observed[:, c].any() else 0.0
-                                   for c in range(values.shape[1])])[:, None, None]
             shape = values.shape[1:]
             self.count = np.zeros(shape, np.int64)
             self.total, self.squares = np.zeros(shape), np.zeros(shape)
-        x = np.where(observed, values - self.shift[None], 0.0)
+            self.shift = np.full((shape[0], 1, 1), np.nan)
+        for c in np.flatnonzero(np.isnan(self.shift[:, 0, 0])):
+            if observed[:, c].any():   # a variable's shift is its first observations' mean
+                self.shift[c] = values[:, c][observed[:, c]].astype(np.float64).mean()
+        shift = np.nan_to_num(self.shift)   # variables not yet observed add nothing
+        x = np.where(observed, values - shift[None], 0.0)
         self.count += observed.sum(axis=0)
         self.total += x.sum(axis=0)
         self.squares += (x * x).sum(axis=0)
@@ -157,7 +177,8 @@ class ObservedSums:
         """Each cell's mean, (C, H, W); a cell never observed takes its variable's mean."""
         n = np.maximum(self.count, 1)
         overall = self.total.sum(axis=(1, 2)) / np.maximum(self.count.sum(axis=(1, 2)), 1)
-        return self.shift + np.where(self.count > 0, self.total / n, overall[:, None, None])
+        return np.nan_to_num(self.shift) + np.where(self.count > 0, self.total / n,
+                                                    overall[:, None, None])
 
     def moments(self, per_cell: bool = False) -> list[tuple[int, float, float]]:
         """(count, mean, std) per variable of the values, or of their anomalies from each
@@ -174,7 +195,7 @@ class ObservedSums:
                                                             0.0)))
             else:
                 centre = float(s.sum()) / total
-                mean = float(self.shift[c, 0, 0]) + centre
+                mean = float(np.nan_to_num(self.shift[c, 0, 0])) + centre
                 dev = float(q.sum()) - total * centre * centre
             out.append((total, mean, float(np.sqrt(max(dev, 0.0) / total))))
         return out
@@ -197,7 +218,9 @@ class Prefetch:
     """Runs ``work`` for the next batch in a background thread while the current one trains.
 
     Only what ``work`` caches is gained; what it returns is dropped, so the batches themselves
-    (and the random numbers that shape them) are the same with or without it.
+    (and the random numbers that shape them) are the same with or without it. Used as a
+    context manager: the thread stops on leaving, and an error of its own surfaces only when
+    no other error is on its way.
     """
 
     def __init__(self, work: Callable[[object], object], enabled: bool = True) -> None:
@@ -217,11 +240,16 @@ class Prefetch:
     def wait(self) -> None:
         """Let the batch in flight finish (an error in it surfaces here)."""
         if self._pending is not None:
-            self._pending.result()
-            self._pending = None
+            pending, self._pending = self._pending, None
+            pending.result()
 
-    def close(self) -> None:
-        """Stop the thread."""
-        self.wait()
-        if self._pool is not None:
-            self._pool.shutdown()
+    def __enter__(self) -> Prefetch:
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, trace: object) -> None:
+        try:
+            if kind is None:
+                self.wait()
+        finally:    # with an error on its way, the thread's own (if any) is dropped
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)

@@ -58,6 +58,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ctxq_cli.frames import chunk_frames
+
 log = logging.getLogger(__name__)
 
 STATE = 5            # a cell's Gaussian state: mean (z, ż) and covariance (p00, p01, p11)
@@ -270,11 +272,10 @@ class Smoother:
 
 
 class StateFile:
-    """Per-frame states (T, …, 5) in float32 in an anonymous scratch file (gone when closed),
-    written and read a frame at a time: the states of a record too large for memory.
-
-    Frames are read with ``pread``, not mapped, so what was read does not stay in the process's
-    memory.
+    """Per-frame states (T, …, 5) in float32 in an anonymous scratch file in ``$TMPDIR`` (gone
+    when closed), written and read a frame at a time: the states of a record too large for
+    memory. Frames are read with ``pread``, not mapped, so what was read does not stay in the
+    process's memory (unless ``$TMPDIR`` is itself in memory, a tmpfs).
     """
 
     def __init__(self, shape: tuple[int, ...], device: torch.device = torch.device("cpu")
@@ -286,8 +287,11 @@ class StateFile:
 
     def __setitem__(self, frames: slice, states: Tensor) -> None:
         a = frames.indices(self.shape[0])[0]
-        data = np.ascontiguousarray(states.detach().cpu().numpy(), dtype=np.float32)
-        os.pwrite(self._file.fileno(), data.tobytes(), a * self._frame * 4)
+        data = memoryview(np.ascontiguousarray(states.detach().cpu().numpy(),
+                                               dtype=np.float32)).cast("B")
+        offset, done = a * self._frame * 4, 0
+        while done < len(data):     # one write may be short (Linux: at most ~2 GiB)
+            done += os.pwrite(self._file.fileno(), data[done:], offset + done)
 
     def __getitem__(self, index: Tensor | int) -> Tensor:
         frames = [index] if isinstance(index, int) else index.reshape(-1).tolist()
@@ -302,6 +306,10 @@ class StateFile:
         """Frames read from now on come out on ``device``."""
         self.device = device
         return self
+
+    def close(self) -> None:
+        """Give the scratch space back."""
+        self._file.close()
 
 
 @dataclass
@@ -320,6 +328,12 @@ class RecordStates:
                             self.times.to(device),
                             None if self.slots is None else self.slots.to(device))
 
+    def close(self) -> None:
+        """Give back the scratch files of states kept in them."""
+        for states in (self.forward, self.backward):
+            if isinstance(states, StateFile):
+                states.close()
+
     def index(self, frames: Tensor) -> Tensor:
         """Where the states of ``frames`` (which must have been kept) are stored."""
         if self.slots is None:
@@ -330,26 +344,23 @@ class RecordStates:
         return slots
 
 
-FILTER_FRAMES = 64   # frames read at a time when a record is filtered
-
-
 def filter_record(smoother: Smoother, read: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
                   frames: int, times: Tensor, memory: float = math.inf,
                   device: torch.device = torch.device("cpu"), keep: np.ndarray | None = None
                   ) -> RecordStates:
-    """Filter a record forward and backward with every observation, ``FILTER_FRAMES`` frames
-    read at a time (``read(a, b)``: normalised values and observed (b − a, C, H, W)).
+    """Filter a record forward and backward with every observation, a range of frames read at
+    a time (``read(a, b)``: normalised values and observed (b − a, C, H, W); about
+    :data:`ctxq_cli.frames.CHUNK_BYTES` per range).
 
     Only the states of frames ``keep`` (bool (T,); all by default) are kept: in float32 (half
     the memory; a window's arithmetic is float64 again), on ``device`` when both directions fit
-    ``memory`` bytes, else in scratch files. Filtered in pieces they are the same, bit for bit,
-    as filtered whole (:meth:`Smoother.record`).
+    ``memory`` bytes, else in scratch files (:class:`StateFile`). Filtered in pieces they are
+    the same, bit for bit, as filtered whole (:meth:`Smoother.record`).
     """
     times = times.to(DTYPE).to(device)
     cells = read(0, 1)[0].shape[1:]
-    slots = None
-    if keep is not None:
-        slots = torch.from_numpy(np.where(keep, np.cumsum(keep) - 1, -1)).to(device)
+    slot = None if keep is None else np.where(keep, np.cumsum(keep) - 1, -1)
+    step = chunk_frames(read)
     shape = (frames if keep is None else int(keep.sum()), *cells, STATE)
     in_memory = 2 * 4 * math.prod(shape) <= memory
 
@@ -363,9 +374,9 @@ def filter_record(smoother: Smoother, read: Callable[[int, int], tuple[np.ndarra
     forward, backward = store(), store()
     for out, reverse in ((forward, False), (backward, True)):
         state = None
-        starts = range(0, frames, FILTER_FRAMES)
+        starts = range(0, frames, step)
         for a in (reversed(starts) if reverse else starts):
-            b = min(a + FILTER_FRAMES, frames)
+            b = min(a + step, frames)
             values, observed = (torch.from_numpy(x).to(device) for x in read(a, b))
             start = None
             if state is not None:
@@ -375,10 +386,11 @@ def filter_record(smoother: Smoother, read: Callable[[int, int], tuple[np.ndarra
             if keep is None:
                 out[a:b] = run
             else:
-                for i in np.flatnonzero(keep[a:b]):      # kept frames, a run at a time
-                    out[int(slots[a + i]):int(slots[a + i]) + 1] = run[i:i + 1]
+                for i in np.flatnonzero(keep[a:b]):      # kept frames, one at a time
+                    out[int(slot[a + i]):int(slot[a + i]) + 1] = run[i:i + 1]
             state = (run[0] if reverse else run[-1]).to(DTYPE)
-    return RecordStates(forward, backward, times, slots)
+    return RecordStates(forward, backward, times,
+                        None if slot is None else torch.from_numpy(slot).to(device))
 
 
 def record_states(smoother: Smoother, values: Tensor, observed: Tensor,
@@ -514,7 +526,10 @@ def fit_smoother(read: Callable[[int, int], tuple[np.ndarray, np.ndarray]], fram
     hi = min(frames, lo + FIT_FRAMES)
     cells = _middle(domain.shape, FIT_CELLS)
     domain = domain[cells]
-    v, o = (x[(slice(None), slice(None), *cells)] for x in read(lo, hi))
+    size = chunk_frames(read)
+    parts = [tuple(x[(slice(None), slice(None), *cells)] for x in read(a, min(a + size, hi)))
+             for a in range(lo, hi, size)]     # cropped a range at a time
+    v, o = (np.concatenate([p[i] for p in parts]) for i in (0, 1))
     o, tm = o & domain[None, None], times[lo:hi]
     hidden = withhold(o, domain, 0.1, "mask", seed) if o.sum() > 20 else np.zeros_like(o)
     steps = np.diff(np.asarray(times, dtype=np.float64))

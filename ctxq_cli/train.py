@@ -148,6 +148,12 @@ def make_partition(options: TrainOptions, frames: TrainingFrames, windows: Windo
     return partition, "chosen with --partition"
 
 
+def worth_reading_ahead(source: FrameSource, sampler: WindowSampler, window: int) -> bool:
+    """Whether reading the next batch's frames ahead gains anything: only into a cache that
+    holds two batches of them (a smaller one would drop them before they are used)."""
+    return isinstance(source, CachedFrames) and source.holds(2 * sampler.batch * window)
+
+
 def batch_first_guess(windows: Windows, batch: Batch) -> FirstGuess | None:
     """The first guess of a batch's windows as a function of their context (None: no smoother)."""
     if windows.smoother is None or batch.messages is None:
@@ -279,7 +285,7 @@ def train_denoiser(source: FrameSource, domain: np.ndarray, variables: list[str]
     sampler = WindowSampler(train_w.count, distributed.split_batch(options.batch_size,
                                                                     control.group),
                             options.seed, control.group)
-    prefetch = Prefetch(train_w.read_ahead, isinstance(source, CachedFrames))
+    prefetch = Prefetch(train_w.read_ahead, worth_reading_ahead(source, sampler, options.window))
 
     def loss_fn(net: nn.Module, g: torch.Generator) -> Tensor:
         batch = train_w.batch(sampler.next(), g)
@@ -298,10 +304,11 @@ def train_denoiser(source: FrameSource, domain: np.ndarray, variables: list[str]
              f" ({sampler.batch} per process × {control.group.world} processes)"
              if control.group.active else "")
     try:
-        ema, summary = optimise(denoiser, loss_fn, options, gen, validate if val_w else None,
-                                fingerprint, control, log_file, progress, sampler)
+        with prefetch:
+            ema, summary = optimise(denoiser, loss_fn, options, gen, validate if val_w else None,
+                                    fingerprint, control, log_file, progress, sampler)
     finally:
-        prefetch.close()
+        train_w.close()
     if isinstance(source, CachedFrames):
         log.info("frames: %s", source.describe())
     summary["partition_reason"] = why
@@ -350,7 +357,7 @@ def train_mask_prior(source: FrameSource, domain: np.ndarray, options: MaskPrior
                                                                     control.group),
                             options.seed, control.group)
 
-    prefetch = Prefetch(train_w.read_ahead, isinstance(source, CachedFrames))
+    prefetch = Prefetch(train_w.read_ahead, worth_reading_ahead(source, sampler, options.window))
 
     def loss_fn(net: nn.Module, g: torch.Generator) -> Tensor:
         batch = train_w.batch(sampler.next(), g)
@@ -368,11 +375,9 @@ def train_mask_prior(source: FrameSource, domain: np.ndarray, options: MaskPrior
     observed = sum(int(o.sum()) for _, _, _, o in chunks(frames.observations, source.frames))
     fingerprint = {"shape": [source.frames, 1, *domain.shape], "observed": observed,
                    "domain": int(domain.sum())}
-    try:
+    with prefetch:
         ema, summary = optimise(network, loss_fn, options, gen, validate if val_w else None,
                                 fingerprint, control, log_file, progress, sampler)
-    finally:
-        prefetch.close()
     model = MaskPriorModel(network=ema, domain=domain, step=summary["steps_done"],
                            training=summary)
     model.fidelity = fidelity_report(model, train_w, options, device)

@@ -47,6 +47,24 @@ def test_each_process_draws_a_contiguous_stretch_and_one_process_all_in_the_usua
     assert alone == list(usual)         # one process trains exactly as before the shards
 
 
+def test_every_rank_resumes_from_the_main_rank_state_whatever_its_shard_length():
+    # 7 windows over 3 ranks: shards of 2, 2 and 3 roll over epochs at different steps
+    ranks = [WindowSampler(7, batch=2, seed=0, group=Group(rank=r, world=3)) for r in range(3)]
+    for _ in range(4):
+        for s in ranks:
+            s.next()
+    saved = ranks[0].state_dict()            # only the main rank's state is written
+    for r, s in enumerate(ranks):
+        again = WindowSampler(7, batch=2, seed=0, group=Group(rank=r, world=3))
+        again.load_state_dict(saved)
+        assert [again.next().tolist() for _ in range(5)] == [s.next().tolist() for _ in range(5)]
+
+
+def test_fewer_windows_than_processes_is_one_line_not_a_hang():
+    with pytest.raises(CtxqError, match="2 training windows cannot be shared by 3 processes"):
+        WindowSampler(2, batch=2, seed=0, group=Group(rank=0, world=3))
+
+
 def test_the_sampler_goes_on_from_a_saved_position_and_reshuffles_epochs():
     a = WindowSampler(10, batch=4, seed=1)
     first = [a.next().tolist() for _ in range(2)]

@@ -121,16 +121,40 @@ def test_a_mask_view_slices_like_the_array():
 
 def test_prefetch_runs_ahead_and_hands_on_its_errors():
     done = []
-    prefetch = Prefetch(done.append)
-    prefetch.ahead(1)
-    prefetch.ahead(2)
-    prefetch.wait()
+    with Prefetch(done.append) as prefetch:
+        prefetch.ahead(1)
+        prefetch.ahead(2)
     assert done == [1, 2]
-    failing = Prefetch(lambda item: 1 / 0)
-    failing.ahead(0)
-    with pytest.raises(ZeroDivisionError):
-        failing.close()
-    off = Prefetch(done.append, enabled=False)
-    off.ahead(3)
-    off.close()
+    with pytest.raises(ZeroDivisionError), Prefetch(lambda item: 1 / 0) as failing:
+        failing.ahead(0)
+    # an error of the training itself is the one that comes out, and the thread stops
+    with pytest.raises(KeyError), Prefetch(lambda item: 1 / 0) as failing:
+        failing.ahead(0)
+        raise KeyError("training")
+    assert not [t for t in threading.enumerate() if t.name.startswith("ctxq-prefetch")]
+    with Prefetch(done.append, enabled=False) as off:
+        off.ahead(3)
     assert done == [1, 2]
+
+
+def test_the_cache_hands_out_read_only_frames_and_empty_ranges():
+    values, observed = _record()
+    cached = CachedFrames(InMemory(values, observed), budget=1e9)
+    v, o = cached.read(16, 20)
+    assert not v.flags.writeable and not o.flags.writeable
+    for a in (0, 16, 33):
+        v, o = cached.read(a, a)
+        assert v.shape == (0, 2, 5, 6) and o.shape == (0, 2, 5, 6)
+
+
+def test_a_variable_first_observed_late_keeps_its_precision():
+    rng = np.random.default_rng(2)
+    values = (300 + 1e-3 * rng.standard_normal((200, 1, 4, 4))).astype(np.float64)
+    observed = np.ones(values.shape, bool)
+    observed[:100] = False
+    sums = ObservedSums()
+    for _, _, v, o in chunks(InMemory(values, observed).read, 200, 16):
+        sums.add(v, o)
+    _, mean, std = sums.moments()[0]
+    x = values[observed]
+    np.testing.assert_allclose([mean, std], [x.mean(), x.std()], rtol=1e-12)
