@@ -288,7 +288,7 @@ class _Sweeps:
         start = None
         if state is not None:
             gap = (t[b] - t[b - 1]) if reverse else (t[a] - t[a - 1])
-            start = sm.predict(state.to(torch.float64), sm.transition(gap.reshape(1)))
+            start = sm.carry(state.to(torch.float64), gap)
         return sm.record(values, observed, t[a:b], start, reverse)
 
     def chunk(self, lo: int, hi: int, values: np.ndarray, observed: np.ndarray) -> RecordStates:

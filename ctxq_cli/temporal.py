@@ -175,6 +175,10 @@ class Smoother:
         r11 = a10 * a10 * p00 + 2 * a10 * a11 * p01 + a11 * a11 * p11 + q11
         return torch.stack([n0, n1, r00, r01, r11], dim=-1)
 
+    def carry(self, state: Tensor, gap: Tensor) -> Tensor:
+        """A state (…, 5) carried over one time step ``gap`` (a one-element tensor)."""
+        return self.predict(state, self.transition(gap.reshape(1)))
+
     @staticmethod
     def update(state: Tensor, j: Tensor, h: Tensor) -> Tensor:
         """Condition a state (…, 5) on information (J, h) about z (…): P ← (P⁻¹ + e eᵀ J)⁻¹."""
@@ -221,8 +225,7 @@ class Smoother:
         previous = None
         for t in frames:
             if previous is not None:
-                state = self.predict(state, self.transition(
-                    (times[previous] - times[t]).abs().reshape(1)))
+                state = self.carry(state, (times[previous] - times[t]).abs())
             j, h = self.information(values[t], observed[t])
             out[t] = self.update(state, j, h)
             state = out[t].to(DTYPE)
@@ -381,7 +384,7 @@ def filter_record(smoother: Smoother, read: Callable[[int, int], tuple[np.ndarra
             start = None
             if state is not None:
                 gap = (times[b] - times[b - 1]) if reverse else (times[a] - times[a - 1])
-                start = smoother.predict(state, smoother.transition(gap.reshape(1)))
+                start = smoother.carry(state, gap)
             run = smoother.record(values, observed, times[a:b], start, reverse)
             if keep is None:
                 out[a:b] = run

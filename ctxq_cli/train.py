@@ -241,19 +241,7 @@ def train_denoiser(source: FrameSource, domain: np.ndarray, variables: list[str]
     holdout, held = None, None
     if options.calibration_holdout:
         holdout, held = _hold_out_calibration_cells(source, domain)
-    frames = TrainingFrames(source, domain, holdout=holdout)
-    sums = ObservedSums()
-    for _, _, v, o in chunks(frames.observations, frame_count):
-        sums.add(v, o)
-    norm = Normalization.from_sums(sums, per_cell=options.normalization == "cell")
-    frames.normalization = norm
-    smoother_config: SmootherConfig | None = None
-    if options.temporal == "smoother":
-        start = time.perf_counter()
-        smoother_config = fit_smoother(frames.normalised, frame_count, domain, times, time_unit,
-                                       options.seed)
-        log.info("temporal smoother fitted in %.1f s", time.perf_counter() - start)
-    guessed = smoother_config is not None
+    guessed = options.temporal == "smoother"
     channels = len(variables)
     config = UNetConfig(in_channels=Denoiser.input_channels(options.window * channels, guessed),
                         out_channels=options.window * channels,
@@ -264,7 +252,18 @@ def train_denoiser(source: FrameSource, domain: np.ndarray, variables: list[str]
             config, position_channels=options.position_channels,
             grid=(padded_size(domain.shape[0], config.multiple),
                   padded_size(domain.shape[1], config.multiple)))
-    frames.multiple = config.multiple
+    sums = ObservedSums()
+    observations = TrainingFrames(source, domain, holdout=holdout).observations
+    for _, _, v, o in chunks(observations, frame_count):
+        sums.add(v, o)
+    norm = Normalization.from_sums(sums, per_cell=options.normalization == "cell")
+    frames = TrainingFrames(source, domain, config.multiple, norm, holdout)
+    smoother_config: SmootherConfig | None = None
+    if guessed:
+        start = time.perf_counter()
+        smoother_config = fit_smoother(frames.normalised, frame_count, domain, times, time_unit,
+                                       options.seed)
+        log.info("temporal smoother fitted in %.1f s", time.perf_counter() - start)
     control = control or RunControl()
     train_w, val_w = split_windows(frames, options, device,
                                    None if smoother_config is None else Smoother(smoother_config),
