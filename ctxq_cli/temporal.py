@@ -59,9 +59,11 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ctxq_cli.frames import chunk_frames
+from ctxq_cli.kriging import krige, nearest_variance
 
 log = logging.getLogger(__name__)
 
+KRIGING_NUGGET = 0.01   # the kriging solves' smallest nugget: a few iterations then suffice
 STATE = 5            # a cell's Gaussian state: mean (z, ż) and covariance (p00, p01, p11)
 DTYPE = torch.float64   # the filters subtract nearly equal information; float32 is not enough
 
@@ -77,6 +79,7 @@ class SmootherConfig:
     correlation: tuple[float, ...] = ()   # c(d) at the distances of ``distances(radius)``
     time_unit: str = "frames"
     step: float = 1.0                 # the training record's median time step, in time_unit
+    spatial_scale: float = 0.0        # ℓ of kriging each frame's unobserved cells (0: off)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -89,7 +92,9 @@ class SmootherConfig:
 
     def describe(self) -> str:
         """One line for the log."""
-        near = (f", neighbours within {self.radius} cell(s) (inflation {self.inflation:g})"
+        near = (f", each frame kriged (length scale {self.spatial_scale:.3g} cells, inflation "
+                f"{self.inflation:g})" if self.spatial_scale else
+                f", neighbours within {self.radius} cell(s) (inflation {self.inflation:g})"
                 if self.radius else ", own values only")
         return (f"time scale {self.time_scale:.3g} {self.time_unit}, nugget {self.nugget:.2g}"
                 f"{near}")
@@ -135,7 +140,25 @@ class Smoother:
         # zero padding: nothing is observed beyond the grid (or tile) edge
         j = F.conv2d(m, k, padding=pad) if pad else m * k[0, 0]
         h = F.conv2d(z, k, padding=pad) if pad else z * k[0, 0]
-        return j.reshape(shape), h.reshape(shape)
+        j, h = j.reshape(shape), h.reshape(shape)
+        if self.config.spatial_scale:
+            jk, hk = self.kriged(values, observed)
+            j, h = j + jk, h + hk
+        return j, h
+
+    def kriged(self, values: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
+        """(J, h) that the kriging of each frame brings its unobserved cells.
+
+        Kriging gives a posterior N(μ, σ²) under the unit prior; read as an observation y of
+        the cell with precision J = (1/σ² − 1)/κ, so that alone it gives back μ, it is
+        y = μ/(1 − σ²). σ² is the nearest-observation bound of :mod:`ctxq_cli.kriging`.
+        """
+        c = self.config
+        mean = krige(values, observed, c.spatial_scale, max(c.nugget, KRIGING_NUGGET))
+        var = nearest_variance(observed, c.spatial_scale, math.ceil(3 * c.spatial_scale))
+        var = var.clamp(min=1e-3)
+        j = torch.where(observed, 0.0, (1 / var - 1) / c.inflation)
+        return j, j * mean / (1 - var).clamp(min=1e-3)
 
     def prior(self, shape: tuple[int, ...], device: torch.device) -> Tensor:
         """The stationary state (…, 5): mean 0, covariance P∞."""
@@ -226,6 +249,7 @@ class Smoother:
         for t in frames:
             if previous is not None:
                 state = self.carry(state, (times[previous] - times[t]).abs())
+            # frame by frame: how frames are batched changes the kriging's last bits
             j, h = self.information(values[t], observed[t])
             out[t] = self.update(state, j, h)
             state = out[t].to(DTYPE)
@@ -506,6 +530,18 @@ def _shifted(values: np.ndarray, observed: np.ndarray, dy: int, dx: int
             observed[..., yd, xd])
 
 
+def matern_scale(neighbour: float) -> float:
+    """ℓ of the Matérn-3/2 correlation that is ``neighbour`` at one cell (0 if not in (0, 1))."""
+    if not 0.0 < neighbour < 1.0:
+        return 0.0
+    lo, hi = 1e-3, 1e3       # c(1) rises with ℓ: bisect in log ℓ
+    for _ in range(60):
+        mid = math.sqrt(lo * hi)
+        a = math.sqrt(3.0) / mid
+        lo, hi = (mid, hi) if (1 + a) * math.exp(-a) < neighbour else (lo, mid)
+    return math.sqrt(lo * hi)
+
+
 FIT_FRAMES = 200     # frames of the record's middle the parameters are cross-validated on
 FIT_CELLS = 128      # ... and at most this many cells a side of the grid's middle
 
@@ -557,7 +593,7 @@ def fit_smoother(read: Callable[[int, int], tuple[np.ndarray, np.ndarray]], fram
     best = {}
 
     def score(c: SmootherConfig) -> float:
-        key = (c.time_scale, c.nugget, c.radius, c.inflation)
+        key = (c.time_scale, c.nugget, c.radius, c.inflation, c.spatial_scale)
         if key not in best:
             best[key] = error(c)
         return best[key]
@@ -570,6 +606,12 @@ def fit_smoother(read: Callable[[int, int], tuple[np.ndarray, np.ndarray]], fram
     config = choose([replace(config, radius=r, inflation=k,
                              correlation=correlation[:len(distances(r)) - 1])
                      for r in (0, 1, 2) for k in ((1.0,) if r == 0 else (1.0, 2.0, 4.0, 8.0))])
+    # or each frame kriged instead of its neighbours (independent frames: time gives nothing)
+    scale = matern_scale(correlation[0]) if correlation else 0.0
+    if scale > 0:
+        config = choose([config] + [replace(config, radius=0, correlation=(), inflation=k,
+                                            spatial_scale=scale * f)
+                                    for f in (0.7, 1.0) for k in (1.0, 4.0)])
     # the time scale again, now between its grid neighbours, with the neighbours chosen
     config = choose([replace(config, time_scale=config.time_scale * f)
                      for f in (0.5, 0.71, 0.84, 1.0, 1.19, 1.41, 2.0)])

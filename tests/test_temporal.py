@@ -218,3 +218,31 @@ def test_the_fitted_time_scale_follows_the_data(slow):
                           np.arange(frames, dtype=float), "days")
     assert config.time_unit == "days" and config.step == 1.0
     assert (config.time_scale > 10) if slow else (config.time_scale < 1)
+
+
+def test_with_frames_independent_in_time_the_smoother_is_each_frames_kriging():
+    from ctxq_cli.kriging import krige
+
+    rng = np.random.default_rng(7)
+    values = torch.from_numpy(smooth_field(4, 16, 16, seed=7)[:, None]).double()
+    observed = torch.from_numpy(rng.random(values.shape) < 0.6)
+    config = SmootherConfig(time_scale=1e-6, nugget=0.01, spatial_scale=3.0, inflation=1.0)
+    mean, var = Smoother(config).smooth(values * observed, observed,
+                                        torch.arange(4, dtype=torch.float64))
+    # frame by frame as the smoother does: batching changes the solves' last bits
+    kriged = torch.stack([krige(values[i] * observed[i], observed[i], 3.0, 0.01)
+                          for i in range(4)])
+    hidden = ~observed
+    torch.testing.assert_close(mean[hidden], kriged[hidden], atol=1e-6, rtol=1e-6)
+    assert (var[hidden] > 0).all() and (var[hidden] < 1).all()
+
+
+def test_independent_smooth_frames_are_fitted_with_kriging():
+    rng = np.random.default_rng(8)
+    frames = 60
+    values = np.concatenate([smooth_field(1, 24, 24, seed=s) for s in range(frames)])[:, None]
+    observed = rng.random(values.shape) < 0.5
+    record = InMemory(np.where(observed, values, 0), observed)
+    config = fit_smoother(record.read, frames, np.ones((24, 24), bool),
+                          np.arange(frames, dtype=float), "days")
+    assert config.spatial_scale > 0 and config.time_scale < 1

@@ -1,0 +1,62 @@
+"""Kriging each frame on the grid: the dense solution, its own observations only, the bound."""
+
+import math
+
+import numpy as np
+import torch
+
+from ctxq_cli.kriging import correlation, krige, nearest_variance
+
+
+def _grid_field(seed: int, h: int = 10, w: int = 9, scale: float = 3.0):
+    """A Matérn-3/2 draw on an (h, w) grid and the dense correlation matrix of its cells."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    pts = np.stack([yy.ravel(), xx.ravel()], 1).astype(float)
+    d = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1))
+    c = correlation(torch.from_numpy(d), scale).numpy()
+    z = np.linalg.cholesky(c + 1e-9 * np.eye(len(c))) @ rng.standard_normal(len(c))
+    return z.reshape(h, w), c
+
+
+def test_enough_iterations_give_the_dense_kriging_mean():
+    z, c = _grid_field(0)
+    observed = np.random.default_rng(1).random(z.shape) < 0.6
+    nugget = 0.05
+    o = observed.ravel()
+    dense = c[:, o] @ np.linalg.solve(c[np.ix_(o, o)] + nugget * np.eye(o.sum()), z.ravel()[o])
+    mean = krige(torch.from_numpy(np.where(observed, z, 0))[None], torch.from_numpy(observed)[None],
+                 3.0, nugget, iterations=200)
+    np.testing.assert_allclose(mean[0].numpy().ravel(), dense, atol=1e-8)
+
+
+def test_the_mean_depends_on_the_observed_cells_only():
+    z, _ = _grid_field(2)
+    observed = torch.from_numpy(np.random.default_rng(3).random(z.shape) < 0.5)
+    values = torch.from_numpy(z)
+    mean = krige(values, observed, 3.0, 0.01)
+    poisoned = torch.where(observed, values, torch.full_like(values, 1e6))
+    assert torch.equal(krige(poisoned, observed, 3.0, 0.01), mean)
+    assert not torch.equal(krige(values + observed, observed, 3.0, 0.01), mean)
+
+
+def test_frames_are_kriged_independently():
+    z, _ = _grid_field(4)
+    rng = np.random.default_rng(5)
+    values = torch.from_numpy(np.stack([z, -z, 2 * z]))
+    observed = torch.from_numpy(rng.random(values.shape) < 0.5)
+    both = krige(values, observed, 3.0, 0.01)
+    for i in range(3):
+        torch.testing.assert_close(krige(values[i], observed[i], 3.0, 0.01), both[i])
+
+
+def test_the_nearest_observation_bound():
+    observed = torch.zeros(1, 9, 9, dtype=torch.bool)
+    observed[0, 4, 4] = True
+    var = nearest_variance(observed, 3.0, reach=3)[0]
+    assert var[4, 4] == 0
+    for d in (1, 2, 3):                 # Chebyshev rings around the one observation
+        expected = 1 - float(correlation(torch.tensor(float(d), dtype=torch.float64), 3.0)) ** 2
+        assert math.isclose(float(var[4, 4 + d]), expected, rel_tol=1e-12)
+        assert math.isclose(float(var[4 - d, 4 - d]), expected, rel_tol=1e-12)
+    assert var[0, 0] == 1.0 and var[4, 0] == 1.0          # beyond the reach
