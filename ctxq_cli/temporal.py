@@ -19,15 +19,21 @@ brings the information (a small convolution of the context)
 
     J_t = Σ_n m_n / v(d_n),      h_t = Σ_n m_n z_n / v(d_n),
 
-and the posterior of z at each frame given all frames follows from a Kalman filter forward, one
+Instead of its neighbours, a cell can be informed by the kriging of its frame (Matérn-3/2 in
+space, length scale ℓ, :mod:`ctxq_cli.kriging`): the kriged mean μ and the variance bound σ² of
+kriging from the nearest observation become an observation of the cell with precision
+J = (1/σ² − 1)/κ and value μ/(1 − σ²), which alone gives back μ. It reaches into gaps wider
+than the neighbourhood and weighs clustered observations as kriging does, not as independent.
+
+The posterior of z at each frame given all frames follows from a Kalman filter forward, one
 backward (the process is reversible: the reversed state is (z, −ż) with the same A and Q), and
 their product, the two-filter smoother:
 
     Σ⁻¹ = P_f⁻¹ + P_b⁻¹ − P∞⁻¹,      μ = Σ (P_f⁻¹ m_f + P_b⁻¹ m_b),
 
 with (m_f, P_f) filtered forward through frame t and (m_b, P_b) predicted backward from the
-frames after it. ``L``, ``r``, the radius and κ are chosen by cross-validation on observations
-hidden like the real gaps (:func:`fit_smoother`), as DINEOF chooses its modes.
+frames after it. ``L``, ``r``, the radius or ℓ, and κ are chosen by cross-validation on
+observations hidden like the real gaps (:func:`fit_smoother`), as DINEOF chooses its modes.
 
 The denoiser sees the posterior mean and standard deviation of every frame of its window and
 predicts a correction to that mean. For the context-query contract the smoother of a training
@@ -557,7 +563,8 @@ def fit_smoother(read: Callable[[int, int], tuple[np.ndarray, np.ndarray]], fram
     hidden in the shape of the real gaps (:func:`ctxq_cli.withhold.withhold`), the smoother
     fills them from the rest, and each candidate is scored by the mean squared error there. The
     search is coordinate-wise over a log-spaced grid of time scales (from a quarter of the
-    median time step to four times the record's length), nuggets, radii and inflations.
+    median time step to four times the record's length), nuggets, radii and inflations, then
+    kriging each frame (ℓ from the correlation of neighbouring cells) against the neighbours.
     """
     from ctxq_cli.withhold import withhold
 
