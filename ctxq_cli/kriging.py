@@ -11,12 +11,15 @@ observed with noise variance τ² at the cells O. The kriging mean at every cell
 
 found by conjugate gradients on the observed cells, where multiplying by C is a convolution,
 done with zero-padded FFTs (the grid is not periodic), so a frame of N cells costs
-O(N log N) per iteration and no matrix is formed. A fixed number of iterations gives the same
-answer wherever the frame is filled, and well before convergence the mean is already useful
-(64×64 frames of a Matérn field with ℓ = 6, 30 % hidden under clouds, τ² = 0.01: 1.29× the
-error of exact kriging after 20 iterations, 1.19× after 40, 1.08× after 80; a shorter ℓ
-converges sooner). The iterations are sensitive to round-off, so frames batched differently
-differ in their last digits; whole records are therefore kriged frame by frame.
+O(N log N) per iteration and no matrix is formed. Long length scales make the system
+ill-conditioned, so the iterations are preconditioned with the inverse of the kernel plus
+nugget on the whole (circulant-embedded) grid, also one FFT product: it knows the field's
+smoothness and leaves only the gaps' geometry to the iterations. On the A1B air temperature
+under clouds hiding 30 % (ℓ = 10.6 cells, τ² = 0.01), 40 iterations come within 0.1 % of the
+exact kriging error, where plain conjugate gradients were 87 % above it (1.08× after 200). A
+fixed number of iterations gives the same answer wherever the frame is filled. The iterations
+are sensitive to round-off, so frames batched differently differ in their last digits; whole
+records are therefore kriged frame by frame.
 
 The exact kriging variance needs a solve per cell; :func:`nearest_variance` gives instead the
 variance of kriging from the nearest observed cell alone, 1 − c(d)², an upper bound that falls
@@ -61,9 +64,23 @@ class Convolution:
 
     def __call__(self, x: Tensor) -> Tensor:
         """Σ_n k(|x − n|) x_n at every cell."""
+        return self.apply(x, self.spectrum)
+
+    def inverse(self, x: Tensor, nugget: float) -> Tensor:
+        """(K + τ² I)⁻¹ x for the circulant K that embeds the kernel in the padded grid, cut to
+        the grid: symmetric and positive definite (negative parts of K's spectrum clipped)."""
+        return self.apply(x, 1.0 / (self.spectrum.real.clamp(min=0) + nugget))
+
+    def apply(self, x: Tensor, spectrum: Tensor) -> Tensor:
+        """x zero-padded to (2H, 2W), multiplied by ``spectrum`` and cut back to (H, W)."""
         h, w = self.shape
         padded = torch.fft.rfft2(x, s=(2 * h, 2 * w))
-        return torch.fft.irfft2(padded * self.spectrum, s=(2 * h, 2 * w))[..., :h, :w]
+        return torch.fft.irfft2(padded * spectrum, s=(2 * h, 2 * w))[..., :h, :w]
+
+
+def _total(x: Tensor) -> Tensor:
+    """Sum over each frame's cells, kept as (..., 1, 1)."""
+    return x.sum((-2, -1), keepdim=True)
 
 
 def krige(values: Tensor, observed: Tensor, length_scale: float, nugget: float,
@@ -72,26 +89,32 @@ def krige(values: Tensor, observed: Tensor, length_scale: float, nugget: float,
     shape = tuple(values.shape[-2:])
     cov = Convolution.of(lambda d: correlation(d, length_scale), shape, values.device)
     m = observed.to(DTYPE)
+
+    def precondition(r: Tensor) -> Tensor:
+        return m * cov.inverse(r, nugget)
+
+    # preconditioned conjugate gradients on (M C M + τ² I) w = M z, w on the observed cells
     b = torch.where(observed, values.to(DTYPE), 0)
-    # conjugate gradients on (M C M + τ² I) w = M z, for w supported on the observed cells
     w = torch.zeros_like(b)
     res = b.clone()
-    p = res.clone()
-    rs = (res * res).sum((-2, -1), keepdim=True)
+    pres = precondition(res)
+    p = pres.clone()
+    rz = _total(res * pres)
     # a frame stops once solved: its tiny residuals would otherwise turn subnormal and slow
     # every later iteration by orders of magnitude
-    floor = TOLERANCE ** 2 * rs
+    floor = TOLERANCE ** 2 * _total(res * res)
     for _ in range(iterations):
-        active = rs > floor
+        active = _total(res * res) > floor
         if not active.any():
             break
         ap = m * cov(p) + nugget * p
-        alpha = torch.where(active, rs / (p * ap).sum((-2, -1), keepdim=True).clamp(min=1e-300), 0)
+        alpha = torch.where(active, rz / _total(p * ap).clamp(min=1e-300), 0)
         w = w + alpha * p
         res = torch.where(active, res - alpha * ap, 0)
-        new = (res * res).sum((-2, -1), keepdim=True)
-        p = torch.where(active, res + new / rs.clamp(min=1e-300) * p, 0)
-        rs = new
+        pres = precondition(res)
+        new = _total(res * pres)
+        p = torch.where(active, pres + new / rz.clamp(min=1e-300) * p, 0)
+        rz = new
     return cov(w)
 
 
