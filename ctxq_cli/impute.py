@@ -202,7 +202,8 @@ def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndar
         outside += int((observed[mine] & ~domain[None, None]).sum())
         first_std = None
         if states is not None:
-            _, var = posterior(sweeps.smoother, states, slice(1 + a - lo, 1 + b - lo))
+            _, var = posterior(sweeps.smoother, states, slice(1 + a - lo, 1 + b - lo),
+                               sweeps.normalised(values[mine], observed[mine]))
             first_std = (var.sqrt().float().cpu().numpy()
                          * np.asarray(model.normalization.std, np.float32)[:, None, None])
         result = _finish(model, total, values[mine], observed[mine], domain, spread, members,
@@ -272,7 +273,7 @@ class _Sweeps:
             self.backward.update({f: run[f - a] for f in leaving if a <= f < b})
             state = run[0]
 
-    def _normalised(self, values: np.ndarray, observed: np.ndarray
+    def normalised(self, values: np.ndarray, observed: np.ndarray
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised values and observed cells inside the domain, on the device."""
         seen = observed & self.domain[None, None]
@@ -283,7 +284,7 @@ class _Sweeps:
                 b: int, state: torch.Tensor | None, reverse: bool,
                 data: tuple[np.ndarray, np.ndarray] | None = None) -> torch.Tensor:
         """Filtered states of frames [a, b), continuing ``state`` (the frame just outside)."""
-        values, observed = self._normalised(*(data if data is not None else read(a, b)))
+        values, observed = self.normalised(*(data if data is not None else read(a, b)))
         sm, t = self.smoother, self.times
         start = None
         if state is not None:

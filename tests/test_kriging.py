@@ -50,6 +50,18 @@ def test_frames_are_kriged_independently():
         torch.testing.assert_close(krige(values[i], observed[i], 3.0, 0.01), both[i])
 
 
+def test_a_frame_gets_the_same_bits_alone_or_batched_even_unconverged():
+    # white noise under a long length scale: 40 iterations are far from converged, where
+    # round-off differences would grow to 1e-4
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(5, 16, 16, generator=g, dtype=torch.float64)
+    observed = torch.rand(5, 16, 16, generator=g) < 0.3
+    together = krige(values, observed, 9.6, 0.01)
+    for i in range(5):
+        assert torch.equal(krige(values[i], observed[i], 9.6, 0.01), together[i])
+        assert torch.equal(krige(values[i:i + 2], observed[i:i + 2], 9.6, 0.01)[0], together[i])
+
+
 def test_the_nearest_observation_bound():
     observed = torch.zeros(1, 9, 9, dtype=torch.bool)
     observed[0, 4, 4] = True

@@ -1,6 +1,7 @@
 """The temporal smoother: exact Gaussian-process smoothing, windows from their context only."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from ctxq_cli.temporal import (
     first_guess,
     fit_smoother,
     kernel,
+    posterior,
     record_states,
     window_messages,
 )
@@ -66,13 +68,18 @@ def test_smoothing_a_cell_is_exact_gaussian_process_regression():
     np.testing.assert_allclose(var.numpy().ravel(), expected_var, atol=1e-6)
 
 
-def test_a_window_with_all_its_observations_is_the_smoothed_record():
+NEIGHBOURS = SmootherConfig(time_scale=3.0, nugget=0.02, radius=1, inflation=2.0,
+                            correlation=(0.8,))
+ANALYSIS = SmootherConfig(time_scale=3.0, nugget=0.02, analysis_scale=2.0, analysis_nugget=0.1)
+
+
+@pytest.mark.parametrize("config", [NEIGHBOURS, ANALYSIS], ids=["neighbours", "analysis"])
+def test_a_window_with_all_its_observations_is_the_smoothed_record(config):
     times, _, _ = _irregular_record(1, 40)
     rng = np.random.default_rng(1)
     values = rng.standard_normal((40, 2, 6, 5))
     observed = rng.random(values.shape) < 0.5
-    sm = Smoother(SmootherConfig(time_scale=3.0, nugget=0.02, radius=1, inflation=2.0,
-                                 correlation=(0.8,)))
+    sm = Smoother(config)
     v = torch.from_numpy(np.where(observed, values, 0))
     o = torch.from_numpy(observed)
     t = torch.from_numpy(times)
@@ -107,12 +114,13 @@ def test_a_record_filtered_in_pieces_gives_the_same_bits():
         assert torch.equal(joined, whole)
 
 
-def test_the_first_guess_never_sees_the_query():
+@pytest.mark.parametrize("analysis", [0.0, 2.0])
+def test_the_first_guess_never_sees_the_query(analysis):
     rng = np.random.default_rng(3)
     values = torch.from_numpy(rng.standard_normal((1, 3, 8, 8)))   # a window, F = W·C = 3
     observed = torch.from_numpy(rng.random((1, 3, 8, 8)) < 0.7)
     sm = Smoother(SmootherConfig(time_scale=2.0, nugget=0.01, radius=2, inflation=2.0,
-                                 correlation=(0.9, 0.8, 0.6)))
+                                 correlation=(0.9, 0.8, 0.6), analysis_scale=analysis))
     prior = sm.prior((1, 1, 8, 8), torch.device("cpu"))
     messages = (prior, prior, torch.ones(1, 2, dtype=torch.float64))
     context, query = PixelPartition(ratio=0.5).sample(observed, torch.Generator().manual_seed(0))
@@ -246,3 +254,51 @@ def test_independent_smooth_frames_are_fitted_with_kriging():
     config = fit_smoother(record.read, frames, np.ones((24, 24), bool),
                           np.arange(frames, dtype=float), "days")
     assert config.spatial_scale > 0 and config.time_scale < 1
+
+
+def test_with_frames_independent_in_time_the_analysis_is_each_frames_kriging():
+    from ctxq_cli.kriging import krige
+
+    rng = np.random.default_rng(9)
+    values = torch.from_numpy(smooth_field(3, 16, 16, seed=9)[:, None]).double()
+    observed = torch.from_numpy(rng.random(values.shape) < 0.4)
+    config = SmootherConfig(time_scale=1e-6, analysis_scale=3.0, analysis_nugget=0.01)
+    times = torch.arange(3, dtype=torch.float64)
+    mean, var = Smoother(config).smooth(values * observed, observed, times)
+    # the other frames predict nothing: the prediction is the prior, N(0, 1)
+    kriged = torch.stack([krige(values[i] * observed[i], observed[i], 3.0, 0.01)
+                          for i in range(3)])
+    torch.testing.assert_close(mean, kriged, atol=1e-6, rtol=1e-6)
+    hidden = ~observed
+    assert (var[hidden] > var[observed].max()).all()
+
+
+def test_the_analysis_needs_the_frames_it_corrects():
+    config = SmootherConfig(time_scale=2.0, analysis_scale=3.0)
+    values = torch.zeros(4, 1, 5, 5, dtype=torch.float64)
+    observed = torch.ones(4, 1, 5, 5, dtype=torch.bool)
+    states = record_states(Smoother(config), values, observed, torch.arange(4.0).double())
+    with pytest.raises(ValueError, match="analysis needs"):
+        posterior(Smoother(config), states)
+
+
+def test_a_slow_field_with_weather_of_its_own_each_frame_is_fitted_with_the_analysis():
+    # a fixed pattern plus an independent smooth field each frame: time knows the pattern,
+    # only the frame's own observations know its weather
+    rng = np.random.default_rng(10)
+    frames = 40
+    pattern = smooth_field(1, 24, 24, seed=100)
+    weather = np.concatenate([smooth_field(1, 24, 24, seed=s) for s in range(frames)])
+    values = (pattern + 0.7 * weather)[:, None]
+    observed = rng.random(values.shape) < 0.3
+    record = InMemory(np.where(observed, values, 0), observed)
+    times = np.arange(frames, dtype=float)
+    config = fit_smoother(record.read, frames, np.ones((24, 24), bool), times, "days")
+    assert config.analysis_scale > 0
+
+    def error(c: SmootherConfig) -> float:
+        mean, _ = Smoother(c).smooth(*(torch.from_numpy(x) for x in record.read(0, frames)),
+                                     torch.from_numpy(times))
+        return float(np.sqrt(np.mean((mean.numpy() - values)[~observed] ** 2)))
+
+    assert error(config) < 0.8 * error(replace(config, analysis_scale=0.0))
