@@ -81,6 +81,7 @@ log = logging.getLogger(__name__)
 KRIGING_NUGGET = 0.01   # the kriging solves' smallest nugget: a few iterations then suffice
 STATE = 5            # a cell's Gaussian state: mean (z, ż) and covariance (p00, p01, p11)
 DTYPE = torch.float64   # the filters subtract nearly equal information; float32 is not enough
+BATCH_CELLS = 2 ** 20   # cells whose kriging runs at once: about 150 MB of FFT buffers
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,14 @@ class SmootherConfig:
                     if self.analysis_scale else "")
         return (f"time scale {self.time_scale:.3g} {self.time_unit}, nugget {self.nugget:.2g}"
                 f"{near}{analysis}")
+
+
+def frame_batches(count: int, cells: int, reverse: bool = False) -> list[slice]:
+    """Consecutive frames of a record of ``count`` frames of ``cells`` cells each, in batches of
+    at most BATCH_CELLS cells (one frame at least), in the order a filter meets them."""
+    size = max(1, BATCH_CELLS // max(cells, 1))
+    parts = [slice(a, min(a + size, count)) for a in range(0, count, size)]
+    return parts[::-1] if reverse else parts
 
 
 def distances(radius: int) -> list[float]:
@@ -283,18 +292,19 @@ class Smoother:
         Each frame's state is rounded to float32 before it is carried on, so a record filtered
         in pieces (chunk by chunk) gives the same bits as one filtered whole.
         """
-        frames = range(len(times) - 1, -1, -1) if reverse else range(len(times))
         out = torch.empty((*values.shape, STATE), dtype=torch.float32, device=values.device)
         state = self.prior(values.shape[1:], values.device) if start is None else start
         previous = None
-        for t in frames:
-            if previous is not None:
-                state = self.carry(state, (times[previous] - times[t]).abs())
-            # frame by frame: the kriging's FFT buffers stay one frame's size
-            j, h = self.information(values[t], observed[t])
-            out[t] = self.update(state, j, h)
-            state = out[t].to(DTYPE)
-            previous = t
+        for part in frame_batches(len(times), values[0].numel(), reverse):
+            # what a frame says does not depend on the state: a batch of frames at once
+            j, h = self.information(values[part], observed[part])
+            frames = range(part.start, part.stop)
+            for t in reversed(frames) if reverse else frames:
+                if previous is not None:
+                    state = self.carry(state, (times[previous] - times[t]).abs())
+                out[t] = self.update(state, j[t - part.start], h[t - part.start])
+                state = out[t].to(DTYPE)
+                previous = t
         return out
 
     def smooth(self, values: Tensor, observed: Tensor, times: Tensor) -> tuple[Tensor, Tensor]:
@@ -331,14 +341,13 @@ class Smoother:
         mean = torch.empty(values.shape, dtype=DTYPE, device=values.device)
         var = torch.empty_like(mean)
         state = leaving
+        analysis = bool(self.config.analysis_scale)
         for i in range(w - 1, -1, -1):
             if i < w - 1:
                 state = self.predict(self.update(state, j[:, i + 1], h[:, i + 1]), step(i))
-            if self.config.analysis_scale:
-                mean[:, i], var[:, i] = self.analysis(*self.combine(predicted[i], state),
-                                                      values[:, i], context[:, i])
-            else:
-                mean[:, i], var[:, i] = self.combine(forward[i], state)
+            mean[:, i], var[:, i] = self.combine((predicted if analysis else forward)[i], state)
+        if analysis:
+            mean, var = self.analysis(mean, var, values, context)
         return mean, var.sqrt()
 
 
@@ -482,7 +491,7 @@ def posterior(smoother: Smoother, states: RecordStates, frames: slice | None = N
 
     With the departures' analysis on, ``data`` holds the normalised values and observed cells
     of those frames, and each frame's prediction from the others (the forward state of the
-    frame before, carried on) is corrected by them, one frame at a time as in the filters.
+    frame before, carried on) is corrected by them, a batch of frames at a time.
     """
     count = len(states.times)
     index = torch.arange(count, device=states.times.device)[frames or slice(None)]
@@ -503,8 +512,9 @@ def posterior(smoother: Smoother, states: RecordStates, frames: slice | None = N
     forward = carried(states.forward, index, (index - 1).clamp(min=0))
     mean, var = smoother.combine(forward, backward)
     values, observed = data
-    for i in range(len(index)):
-        mean[i], var[i] = smoother.analysis(mean[i], var[i], values[i], observed[i])
+    for part in frame_batches(len(index), mean[0].numel()):
+        mean[part], var[part] = smoother.analysis(mean[part], var[part], values[part],
+                                                  observed[part])
     return mean, var
 
 
