@@ -330,22 +330,24 @@ class Smoother:
         def step(i: int) -> tuple[Tensor, ...]:
             return self.transition(steps[:, i].reshape(b, *extra))
 
-        predicted, forward = [], []
+        # with the analysis a frame enters through it alone: keep the states predicted into
+        # each frame, else those updated with it
+        analysis = bool(self.config.analysis_scale)
+        kept = []
         state = entering
         for i in range(w):
             if i:
                 state = self.predict(state, step(i - 1))
-            predicted.append(state)
-            state = self.update(state, j[:, i], h[:, i])
-            forward.append(state)
+            updated = self.update(state, j[:, i], h[:, i])
+            kept.append(state if analysis else updated)
+            state = updated
         mean = torch.empty(values.shape, dtype=DTYPE, device=values.device)
         var = torch.empty_like(mean)
         state = leaving
-        analysis = bool(self.config.analysis_scale)
         for i in range(w - 1, -1, -1):
             if i < w - 1:
                 state = self.predict(self.update(state, j[:, i + 1], h[:, i + 1]), step(i))
-            mean[:, i], var[:, i] = self.combine((predicted if analysis else forward)[i], state)
+            mean[:, i], var[:, i] = self.combine(kept[i], state)
         if analysis:
             mean, var = self.analysis(mean, var, values, context)
         return mean, var.sqrt()
