@@ -24,6 +24,16 @@ The spread calibration of ``impute`` hides cells of the middle frames of its inp
 training. A network that had trained on them would fill them better than real gaps, and the
 calibrated spread would come out too narrow (on 240 frames of A1B temperature with 10 % of
 cells observed: a factor of 1.36 where the real gaps asked for 1.94).
+
+Under clouds hiding 75 % every day, the donor frames empty a few whole frames: the spread is
+calibrated on about 7 consecutive frames of the 48 that lose 94 % of their cells, whose errors
+are 1.4–2.0× those of the real gaps. Tried and not kept (``examples/bench_time.py --seed 1``,
+Kolmogorov flow): the donors' gaps only inside square patches of the gaps' size that hide a
+tenth of every frame. With persistent clouds it did better (0.603× and 0.418× DINEOF against
+0.612× and 0.436×, spread/skill 1.00 and 1.08 against 0.90 and 0.86); under daily clouds
+worse (0.803× against 0.778× DINEOF on new frames, spread/skill 1.21 and 1.20 against 1.11 and
+0.93, 90 % coverage 0.966 and 0.963 against 0.963 and 0.945), where the smoother's
+cross-validation, which hides cells the same way, then chose its neighbours over kriging.
 """
 
 from __future__ import annotations
