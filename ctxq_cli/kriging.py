@@ -11,7 +11,13 @@ observed with noise variance τ² at the cells O. The kriging mean at every cell
 
 found by conjugate gradients on the observed cells, where multiplying by C is a convolution,
 done with zero-padded FFTs (the grid is not periodic), so a frame of N cells costs
-O(N log N) per iteration and no matrix is formed. Long length scales make the system
+O(N log N) per iteration and no matrix is formed. The kernel is cut to zero where c falls below
+10⁻⁶, and the frame is padded by that reach only (up to its own size), so short length scales
+take smaller FFTs. Each frame's iterations stop when its residual falls below 10⁻⁴ of the first:
+kriging here is a first guess, and the error left (about 10⁻⁴ of the field's scale) is far
+below the fill's. Together they take the smoother's first guess of a training batch (8 windows
+of 3 frames of 64×64, the parameters fitted on the Kolmogorov flow) from 0.35 s to 0.14 s on two
+CPU cores. Long length scales make the system
 ill-conditioned, so the iterations are preconditioned with the inverse of the kernel plus
 nugget on the whole (circulant-embedded) grid, also one FFT product: it knows the field's
 smoothness and leaves only the gaps' geometry to the iterations. On the A1B air temperature
@@ -33,7 +39,8 @@ import torch
 from torch import Tensor
 
 DTYPE = torch.float64
-TOLERANCE = 1e-8     # a frame's solve stops when its residual falls below this share of the first
+TOLERANCE = 1e-4     # a frame's solve stops when its residual falls below this share of the first
+TRUNCATION = 1e-6    # the kernel is cut to zero where the correlation falls below this
 
 
 def correlation(distance: Tensor, length_scale: float) -> Tensor:
@@ -42,10 +49,38 @@ def correlation(distance: Tensor, length_scale: float) -> Tensor:
     return (1 + a) * torch.exp(-a)
 
 
-def _lags(h: int, w: int, device: torch.device) -> Tensor:
-    """Distances (2H, 2W) of the lags of a zero-padded (2H, 2W) grid, in FFT order."""
-    dy = torch.fft.fftfreq(2 * h, 1.0 / (2 * h), dtype=DTYPE, device=device)[:, None]
-    dx = torch.fft.fftfreq(2 * w, 1.0 / (2 * w), dtype=DTYPE, device=device)[None, :]
+def reach(length_scale: float) -> float:
+    """The distance (cells) beyond which the Matérn-3/2 correlation is below ``TRUNCATION``."""
+    lo, hi = 0.0, 64.0       # (1 + a) e^(−a) falls with a = √3 d/ℓ: bisect for the cut
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if (1 + mid) * math.exp(-mid) > TRUNCATION else (lo, mid)
+    return hi * length_scale / math.sqrt(3.0)
+
+
+def fft_size(n: int) -> int:
+    """The smallest n' ≥ n whose only prime factors are 2, 3 and 5 (a fast FFT length)."""
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
+def padded_shape(shape: tuple[int, int], cut: float) -> tuple[int, int]:
+    """The FFT grid on which a kernel that is zero beyond ``cut`` cells convolves frames of
+    ``shape`` without wrapping: n + cut cells a side (a fast length), at most 2n."""
+    return tuple(min(2 * n, fft_size(n + math.ceil(cut))) for n in shape)
+
+
+def _lags(padded: tuple[int, int], device: torch.device) -> Tensor:
+    """Distances (H', W') of the lags of a zero-padded (H', W') grid, in FFT order."""
+    h, w = padded
+    dy = torch.fft.fftfreq(h, 1.0 / h, dtype=DTYPE, device=device)[:, None]
+    dx = torch.fft.fftfreq(w, 1.0 / w, dtype=DTYPE, device=device)[None, :]
     return torch.sqrt(dy ** 2 + dx ** 2)
 
 
@@ -53,13 +88,17 @@ class Convolution:
     """Multiplication of frames (..., H, W) by a stationary kernel k(d), as a linear convolution."""
 
     def __init__(self, kernel: Tensor, shape: tuple[int, int]) -> None:
-        self.shape = shape
+        self.shape, self.padded = shape, tuple(kernel.shape[-2:])
         self.spectrum = torch.fft.rfft2(kernel)
 
     @classmethod
-    def of(cls, fn, shape: tuple[int, int], device: torch.device) -> Convolution:
-        """The convolution with k = fn(distance) on a grid of ``shape``."""
-        return cls(fn(_lags(*shape, device)), shape)
+    def of(cls, fn, shape: tuple[int, int], device: torch.device, cut: float = math.inf
+           ) -> Convolution:
+        """The convolution with k = fn(distance), zero beyond ``cut`` cells, on a grid of
+        ``shape``: a short kernel needs less padding, so smaller FFTs."""
+        padded = padded_shape(shape, cut)
+        d = _lags(padded, device)
+        return cls(torch.where(d <= cut, fn(d), 0.0), shape)
 
     def __call__(self, x: Tensor) -> Tensor:
         """Σ_n k(|x − n|) x_n at every cell."""
@@ -71,15 +110,16 @@ class Convolution:
         return self.apply(x, 1.0 / (self.spectrum.real.clamp(min=0) + nugget))
 
     def apply(self, x: Tensor, spectrum: Tensor) -> Tensor:
-        """x zero-padded to (2H, 2W), multiplied by ``spectrum`` and cut back to (H, W)."""
+        """x zero-padded to (H', W'), multiplied by ``spectrum`` and cut back to (H, W)."""
         h, w = self.shape
+        ph, pw = self.padded
         if x.numel() == h * w:
             # the FFT library takes another path for a single frame, whose last digits differ;
             # unconverged iterations amplify them, so a lone frame goes beside a zero one and
             # a frame's kriging does not depend on how frames are batched
             return self.apply(torch.stack([x, torch.zeros_like(x)]), spectrum)[0]
-        padded = torch.fft.rfft2(x, s=(2 * h, 2 * w))
-        return torch.fft.irfft2(padded * spectrum, s=(2 * h, 2 * w))[..., :h, :w]
+        padded = torch.fft.rfft2(x, s=(ph, pw))
+        return torch.fft.irfft2(padded * spectrum, s=(ph, pw))[..., :h, :w]
 
 
 def frame_sum(x: Tensor) -> Tensor:
@@ -88,10 +128,12 @@ def frame_sum(x: Tensor) -> Tensor:
 
 
 def krige(values: Tensor, observed: Tensor, length_scale: float, nugget: float,
-          iterations: int = 40) -> Tensor:
-    """Kriging mean (..., H, W) of each frame from its observed cells (values there only)."""
+          iterations: int = 40, tolerance: float = TOLERANCE) -> Tensor:
+    """Kriging mean (..., H, W) of each frame from its observed cells (values there only);
+    a frame's iterations stop when its residual is below ``tolerance`` times the first."""
     shape = tuple(values.shape[-2:])
-    cov = Convolution.of(lambda d: correlation(d, length_scale), shape, values.device)
+    cov = Convolution.of(lambda d: correlation(d, length_scale), shape, values.device,
+                         reach(length_scale))
     m = observed.to(DTYPE)
 
     def precondition(r: Tensor) -> Tensor:
@@ -106,7 +148,7 @@ def krige(values: Tensor, observed: Tensor, length_scale: float, nugget: float,
     rz = frame_sum(res * pres)
     # a frame stops once solved: its tiny residuals would otherwise turn subnormal and slow
     # every later iteration by orders of magnitude
-    floor = TOLERANCE ** 2 * frame_sum(res * res)
+    floor = tolerance ** 2 * frame_sum(res * res)
     for _ in range(iterations):
         active = frame_sum(res * res) > floor
         if not active.any():

@@ -5,7 +5,14 @@ import math
 import numpy as np
 import torch
 
-from ctxq_cli.kriging import correlation, krige, nearest_variance
+from ctxq_cli.kriging import (
+    TRUNCATION,
+    Convolution,
+    correlation,
+    krige,
+    nearest_variance,
+    reach,
+)
 
 
 def _grid_field(seed: int, h: int = 10, w: int = 9, scale: float = 3.0):
@@ -26,8 +33,34 @@ def test_enough_iterations_give_the_dense_kriging_mean():
     o = observed.ravel()
     dense = c[:, o] @ np.linalg.solve(c[np.ix_(o, o)] + nugget * np.eye(o.sum()), z.ravel()[o])
     mean = krige(torch.from_numpy(np.where(observed, z, 0))[None], torch.from_numpy(observed)[None],
-                 3.0, nugget, iterations=200)
+                 3.0, nugget, iterations=200, tolerance=1e-12)
     np.testing.assert_allclose(mean[0].numpy().ravel(), dense, atol=1e-8)
+    # the default tolerance stops far earlier, within a ten-thousandth of the field's scale
+    mean = krige(torch.from_numpy(np.where(observed, z, 0))[None], torch.from_numpy(observed)[None],
+                 3.0, nugget)
+    np.testing.assert_allclose(mean[0].numpy().ravel(), dense, atol=1e-4)
+
+
+def test_a_cut_kernel_convolves_on_a_smaller_grid_without_wrapping():
+    # the padded grid holds the frame and the kernel's reach, no more; cells a frame apart
+    # must not see each other through the FFT's periodicity
+    h, w, cut = 40, 33, 6.5
+    conv = Convolution.of(lambda d: torch.exp(-d / 2), (h, w), torch.device("cpu"), cut)
+    assert conv.padded[0] < 2 * h and conv.padded[1] < 2 * w
+    assert all(n >= size + cut for n, size in zip(conv.padded, (h, w)))
+    x = torch.randn(2, h, w, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    yy, xx = np.mgrid[0:h, 0:w]
+    d = np.hypot(yy.ravel()[:, None] - yy.ravel()[None], xx.ravel()[:, None] - xx.ravel()[None])
+    dense = np.where(d <= cut, np.exp(-d / 2), 0.0)
+    expected = (x.reshape(2, -1).numpy() @ dense.T).reshape(2, h, w)
+    np.testing.assert_allclose(conv(x).numpy(), expected, atol=1e-10)
+
+
+def test_the_kernel_is_cut_where_the_correlation_is_negligible():
+    for scale in (1.3, 2.7, 10.0):
+        cut = reach(scale)
+        c = float(correlation(torch.tensor(cut, dtype=torch.float64), scale))
+        assert math.isclose(c, TRUNCATION, rel_tol=1e-6)
 
 
 def test_the_mean_depends_on_the_observed_cells_only():
