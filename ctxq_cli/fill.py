@@ -119,6 +119,7 @@ def fill_record(model: Any, source: reading.FieldSource, open_output: OpenOutput
                  "ctxq_window": model.window, "ctxq_spread_scale": scale.ensemble,
                  "ctxq_spread_first_guess": scale.first_guess,
                  "ctxq_spread_noise": scale.noise_name(),
+                 "ctxq_network_correction_share": scale.correction,
                  "ctxq_frames_without_observations": len(empty)}
         if empty:  # 0-based indices along time, e.g. for masking in analysis
             attrs["ctxq_empty_frame_indices"] = np.asarray(empty, dtype=np.int32)

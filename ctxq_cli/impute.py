@@ -37,7 +37,7 @@ from ctxq_cli.errors import CtxqError
 from ctxq_cli.maskprior import DEFAULT_CELL_WEIGHT, GuidedPriorPartition
 from ctxq_cli.model import DenoiserModel
 from ctxq_cli.progress import progress as progress_of
-from ctxq_cli.spread import Spread, fit_spread
+from ctxq_cli.spread import Spread, fit_correction, fit_spread
 from ctxq_cli.temporal import RecordStates, Smoother, first_guess, posterior, window_messages
 from ctxq_cli.tiles import Tile, Tiling, blend, plan
 from ctxq_cli.withhold import calibration_frames, calibration_hidden, mask_fingerprint
@@ -59,6 +59,7 @@ class Imputation:
     spread: Spread = Spread()
     observed: np.ndarray | None = None   # (T, C, H, W) the observed cells, as given
     first_guess_std: np.ndarray | None = None   # (T, C, H, W) the smoother's, physical units
+    first_guess: np.ndarray | None = None       # (T, C, H, W) the smoother's mean, likewise
 
 
 def window_plan(frames: int, window: int, offset: int) -> list[tuple[int, int, int]]:
@@ -125,7 +126,9 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
         empty_frames=[a + f for a, p in parts for f in p.empty_frames],
         spread=spread, observed=np.concatenate([p.observed for _, p in parts]),
         first_guess_std=(None if parts[0][1].first_guess_std is None else
-                         np.concatenate([p.first_guess_std for _, p in parts])))
+                         np.concatenate([p.first_guess_std for _, p in parts])),
+        first_guess=(None if parts[0][1].first_guess is None else
+                     np.concatenate([p.first_guess for _, p in parts])))
 
 
 def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
@@ -200,14 +203,15 @@ def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndar
         total /= weights
         mine = slice(a - lo, b - lo)
         outside += int((observed[mine] & ~domain[None, None]).sum())
-        first_std = None
+        first = first_std = None
         if states is not None:
-            _, var = posterior(sweeps.smoother, states, slice(1 + a - lo, 1 + b - lo),
-                               sweeps.normalised(values[mine], observed[mine]))
+            mean, var = posterior(sweeps.smoother, states, slice(1 + a - lo, 1 + b - lo),
+                                  sweeps.normalised(values[mine], observed[mine]))
+            first = model.normalization.invert(mean.float().cpu().numpy())
             first_std = (var.sqrt().float().cpu().numpy()
                          * np.asarray(model.normalization.std, np.float32)[:, None, None])
         result = _finish(model, total, values[mine], observed[mine], domain, spread, members,
-                         first_std, seed, a)
+                         (first, first_std), seed, a)
         empty += [a + f for f in result.empty_frames]
         yield a, result
     bar.close()
@@ -452,19 +456,22 @@ def _tile_states(states: RecordStates, tile: Tile, padded: tuple[int, int],
 
 def _finish(model: DenoiserModel, est: np.ndarray, values: np.ndarray, observed: np.ndarray,
             domain: np.ndarray, spread: Spread, members: bool,
-            first_std: np.ndarray | None = None, seed: int = 0, first: int = 0) -> Imputation:
+            guess: tuple[np.ndarray | None, np.ndarray | None] = (None, None), seed: int = 0,
+            first: int = 0) -> Imputation:
     """Physical mean, spread and members of a chunk's normalised estimates (K, T, C, H, W).
 
-    ``first_std`` (T, C, H, W): the smoother's posterior std in physical units; ``first``: the
-    chunk's first frame in the record, so that member noise is the same whatever the chunk.
+    ``guess``: the smoother's posterior mean and std (T, C, H, W) in physical units; ``first``:
+    the chunk's first frame in the record, so that member noise is the same whatever the chunk.
     """
+    first_mean, first_std = guess
     t, c, h, w = values.shape
     if not np.isfinite(est[:, :, :, domain]).all():
         raise CtxqError("the denoiser produced non-finite values; its checkpoint may be "
                         "damaged or the data far outside what it was trained on")
     seen = observed & domain[None, None]
     phys = model.normalization.invert(est.reshape(-1, c, h, w)).reshape(est.shape)
-    centre = phys.mean(axis=0)
+    network = phys.mean(axis=0)
+    centre = spread.centre(network, first_mean)
     sigma = spread.sigma(phys.std(axis=0), first_std)
     if members:
         noise = None
@@ -472,7 +479,7 @@ def _finish(model: DenoiserModel, est: np.ndarray, values: np.ndarray, observed:
             noise = np.stack([np.stack([spread.noise(np.random.default_rng(
                 [seed, k, first + i, 13]), (c, h, w)) for i in range(t)])
                 for k in range(len(phys))])
-        phys = centre + spread.members(phys - centre, first_std, noise)
+        phys = centre + spread.members(phys - network, first_std, noise)
     inside = domain[None, None]
     # Paste after averaging: a mean of K copies of a value need not equal it bit for bit.
     mean = np.where(observed, values, np.where(inside, centre, np.nan))
@@ -488,7 +495,7 @@ def _finish(model: DenoiserModel, est: np.ndarray, values: np.ndarray, observed:
     if members:
         kept = np.where(observed[None], values[None], np.where(inside[None], phys, np.nan))
     return Imputation(mean=mean, std=std, members=kept, empty_frames=empty, spread=spread,
-                      observed=observed, first_guess_std=first_std)
+                      observed=observed, first_guess_std=first_std, first_guess=first_mean)
 
 
 def impute_calibrated(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
@@ -541,11 +548,16 @@ def calibrate_spread(model: DenoiserModel,
     parts = [p for _, p in impute_chunks(model, without_hidden, frames, domain,
                                          ensemble=ensemble, seed=seed, progress=False,
                                          fill=used, **options)]
-    errors = np.concatenate([p.mean for p in parts])[hidden] - v[hidden]
+    network = np.concatenate([p.mean for p in parts])[hidden]
     members_std = np.concatenate([p.std for p in parts])[hidden]
-    first_std = (None if parts[0].first_guess_std is None else
-                 np.concatenate([p.first_guess_std for p in parts])[hidden])
-    spread = fit_spread(errors, members_std, first_std)
+    first_std = first = None
+    correction = 1.0
+    if parts[0].first_guess is not None:
+        first_std = np.concatenate([p.first_guess_std for p in parts])[hidden]
+        first = np.concatenate([p.first_guess for p in parts])[hidden]
+        correction = fit_correction(v[hidden], network, first)
+    centre = Spread(correction=correction).centre(network, first)
+    spread = fit_spread(centre - v[hidden], members_std, first_std, correction)
     held = model.training.get("calibration_holdout", {}).get("fingerprint")
     unseen = held == mask_fingerprint(o, domain)
     log.info("spread calibrated on %d withheld observations%s: %s", int(hidden.sum()),

@@ -230,3 +230,22 @@ def test_the_spread_is_calibrated_on_cells_training_kept_out(model, caplog):
         calibrate_spread(model, lambda a, b: (np.where(other, values, 0)[a:b], other[a:b]),
                          len(values), domain, ensemble=4)
     assert "withheld observations" in caplog.text and "kept out" not in caplog.text
+
+
+def test_a_zero_correction_share_fills_with_the_first_guess_and_members_follow(model):
+    values = smooth_field(6, 16, 16, seed=5)[:, None]
+    observed = np.random.default_rng(3).random(values.shape) < 0.4
+    v = np.where(observed, values, 0)
+    common = dict(ensemble=4, members=True, progress=False, seed=3)
+    full = impute_field(model, v, observed, model.domain, spread=Spread(1.0, 1.0), **common)
+    none = impute_field(model, v, observed, model.domain,
+                        spread=Spread(1.0, 1.0, correction=0.0), **common)
+    gaps = ~observed & model.domain[None, None]
+    assert none.first_guess is not None
+    np.testing.assert_allclose(none.mean[gaps], none.first_guess[gaps], atol=1e-5)
+    assert not np.allclose(full.mean[gaps], none.mean[gaps], atol=1e-3)
+    seen = observed & model.domain[None, None]
+    assert none.mean[seen].tobytes() == values[seen].tobytes()
+    np.testing.assert_allclose(none.members.mean(axis=0)[gaps], none.mean[gaps], atol=1e-5)
+    # the members move with the centre: their spread is the same
+    np.testing.assert_allclose(none.std, full.std, rtol=1e-5, equal_nan=True)

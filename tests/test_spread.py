@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ctxq_cli.spread import Spread, fit_spread, likeliest_tail
+from ctxq_cli.spread import Spread, fit_correction, fit_spread, likeliest_tail
 
 
 def test_the_fit_recovers_the_variance_the_errors_were_drawn_with():
@@ -70,3 +70,27 @@ def test_heavy_tailed_noise_has_unit_variance_and_narrower_intervals():
 def test_a_spread_refuses_an_infinite_variance():
     with pytest.raises(ValueError, match="tail"):
         Spread(tail=2.0)
+
+
+def test_the_correction_share_is_the_least_squares_one_and_stays_in_0_1():
+    rng = np.random.default_rng(7)
+    n = 50_000
+    first = rng.standard_normal(n)
+    network = first + rng.standard_normal(n)
+    targets = first + 0.4 * (network - first) + 0.3 * rng.standard_normal(n)
+    assert fit_correction(targets, network, first) == pytest.approx(0.4, abs=0.01)
+    away = first - (network - first)              # the network corrects the wrong way
+    assert fit_correction(away, network, first) == 0.0
+    beyond = first + 2.0 * (network - first)      # a share is never above one
+    assert fit_correction(beyond, network, first) == 1.0
+    assert fit_correction(targets, first, first) == 1.0   # no correction: nothing to fit
+
+
+def test_the_centre_moves_from_the_network_to_the_first_guess_with_the_share():
+    network, first = np.array([1.0, 3.0], np.float32), np.array([0.0, 1.0], np.float32)
+    assert Spread().centre(network, first) is network
+    np.testing.assert_allclose(Spread(correction=0.25).centre(network, first), [0.25, 1.5])
+    np.testing.assert_allclose(Spread(correction=0.0).centre(network, first), first)
+    assert Spread(correction=0.5).centre(network, None) is network
+    with pytest.raises(ValueError, match="correction"):
+        Spread(correction=1.5)
