@@ -60,6 +60,7 @@ def test_a_model_without_temporal_smoother_still_fills(workdir, tmp_path):
     assert result.exit_code == 0, result.output
     with netCDF4.Dataset(out) as ds:
         assert ds.ctxq_spread_first_guess == 0.0
+        assert ds.ctxq_network_correction_share == 1.0   # no first guess to lean towards
 
 
 def test_version_and_help():
@@ -78,6 +79,7 @@ def test_users_line_in_the_training_directory(workdir, monkeypatch):
         assert "sst_std" in ds.variables
         assert ds.history.splitlines()[0].endswith(f"(ctxq {__version__})")
         assert ds.ctxq_ensemble == 4
+        assert 0.0 <= ds.ctxq_network_correction_share <= 1.0   # fitted when calibrating
     with netCDF4.Dataset(workdir / "obs.nc") as ds:
         obs = ds.variables["sst"][:].filled(np.nan)
     seen = np.isfinite(obs)
