@@ -125,10 +125,13 @@ def impute_field(model: DenoiserModel, values: np.ndarray, observed: np.ndarray,
         members=(np.concatenate([p.members for _, p in parts], axis=1) if members else None),
         empty_frames=[a + f for a, p in parts for f in p.empty_frames],
         spread=spread, observed=np.concatenate([p.observed for _, p in parts]),
-        first_guess_std=(None if parts[0][1].first_guess_std is None else
-                         np.concatenate([p.first_guess_std for _, p in parts])),
-        first_guess=(None if parts[0][1].first_guess is None else
-                     np.concatenate([p.first_guess for _, p in parts])))
+        first_guess_std=_joined([p.first_guess_std for _, p in parts]),
+        first_guess=_joined([p.first_guess for _, p in parts]))
+
+
+def _joined(pieces: list[np.ndarray | None]) -> np.ndarray | None:
+    """Chunks' arrays joined along time; None when the chunks carry none (no smoother)."""
+    return None if pieces[0] is None else np.concatenate(pieces)
 
 
 def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
@@ -203,15 +206,15 @@ def impute_chunks(model: DenoiserModel, read: Callable[[int, int], tuple[np.ndar
         total /= weights
         mine = slice(a - lo, b - lo)
         outside += int((observed[mine] & ~domain[None, None]).sum())
-        first = first_std = None
+        guess_mean = first_std = None
         if states is not None:
             mean, var = posterior(sweeps.smoother, states, slice(1 + a - lo, 1 + b - lo),
                                   sweeps.normalised(values[mine], observed[mine]))
-            first = model.normalization.invert(mean.float().cpu().numpy())
+            guess_mean = model.normalization.invert(mean.float().cpu().numpy())
             first_std = (var.sqrt().float().cpu().numpy()
                          * np.asarray(model.normalization.std, np.float32)[:, None, None])
         result = _finish(model, total, values[mine], observed[mine], domain, spread, members,
-                         (first, first_std), seed, a)
+                         (guess_mean, first_std), seed, a)
         empty += [a + f for f in result.empty_frames]
         yield a, result
     bar.close()
@@ -550,12 +553,9 @@ def calibrate_spread(model: DenoiserModel,
                                          fill=used, **options)]
     network = np.concatenate([p.mean for p in parts])[hidden]
     members_std = np.concatenate([p.std for p in parts])[hidden]
-    first_std = first = None
-    correction = 1.0
-    if parts[0].first_guess is not None:
-        first_std = np.concatenate([p.first_guess_std for p in parts])[hidden]
-        first = np.concatenate([p.first_guess for p in parts])[hidden]
-        correction = fit_correction(v[hidden], network, first)
+    first_std, first = (None if x is None else x[hidden] for x in (
+        _joined([p.first_guess_std for p in parts]), _joined([p.first_guess for p in parts])))
+    correction = 1.0 if first is None else fit_correction(v[hidden], network, first)
     centre = Spread(correction=correction).centre(network, first)
     spread = fit_spread(centre - v[hidden], members_std, first_std, correction)
     held = model.training.get("calibration_holdout", {}).get("fingerprint")
