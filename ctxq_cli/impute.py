@@ -37,7 +37,7 @@ from ctxq_cli.errors import CtxqError
 from ctxq_cli.maskprior import DEFAULT_CELL_WEIGHT, GuidedPriorPartition
 from ctxq_cli.model import DenoiserModel
 from ctxq_cli.progress import progress as progress_of
-from ctxq_cli.spread import Spread, fit_correction, fit_spread
+from ctxq_cli.spread import Spread, fit_correction, fit_spread, shift_weights
 from ctxq_cli.temporal import RecordStates, Smoother, first_guess, posterior, window_messages
 from ctxq_cli.tiles import Tile, Tiling, blend, plan
 from ctxq_cli.withhold import calibration_frames, calibration_hidden, mask_fingerprint
@@ -531,7 +531,7 @@ def calibrate_spread(model: DenoiserModel,
     (:func:`~ctxq_cli.withhold.calibration_cells`, the cells training kept out when this is its
     record) and imputed the same way, with every other frame of the record in reach
     (``options`` go to :func:`impute_chunks`); the spread model is fitted to the errors there
-    (:func:`~ctxq_cli.spread.fit_spread`).
+    (:func:`~ctxq_cli.spread.fit_spread`), each cell weighted to the real gaps' σ_first.
     """
     used = calibration_frames(frames)
     v, o = read(used.start, used.stop)
@@ -553,11 +553,17 @@ def calibrate_spread(model: DenoiserModel,
                                          fill=used, **options)]
     network = np.concatenate([p.mean for p in parts])[hidden]
     members_std = np.concatenate([p.std for p in parts])[hidden]
+    guess_std = _joined([p.first_guess_std for p in parts])
     first_std, first = (None if x is None else x[hidden] for x in (
-        _joined([p.first_guess_std for p in parts]), _joined([p.first_guess for p in parts])))
+        guess_std, _joined([p.first_guess for p in parts])))
     correction = 1.0 if first is None else fit_correction(v[hidden], network, first)
     centre = Spread(correction=correction).centre(network, first)
-    spread = fit_spread(centre - v[hidden], members_std, first_std, correction)
+    # The withheld cells are seen less near in time than the real gaps (their donors empty
+    # whole frames): weighted to the real gaps' σ_first, they calibrate the level for those.
+    gaps = ~o & domain[None, None]
+    weights = (None if guess_std is None or not gaps.any()
+               else shift_weights(first_std, guess_std[gaps]))
+    spread = fit_spread(centre - v[hidden], members_std, first_std, correction, weights)
     held = model.training.get("calibration_holdout", {}).get("fingerprint")
     unseen = held == mask_fingerprint(o, domain)
     log.info("spread calibrated on %d withheld observations%s: %s", int(hidden.sum()),

@@ -18,7 +18,13 @@ long ago and how near a cell was seen. The uncertainty of a filled cell is
 
 with the share g²/e² the one under which the errors ε of withheld observations are most likely
 (Gaussian) and the level the one that makes the mean σ² their mean ε² (a spread/skill ratio of
-1 there). Members are their mean plus e times their deviations plus g σ_first ξ, with ξ a
+1 there). The withheld cells are not drawn like the real gaps: they lie in frames that other
+frames' gaps have emptied, further in time from an observation, and the ratio of their errors
+to σ_first changes with σ_first. So each counts with a weight that gives them the real gaps'
+distribution of σ_first (:func:`shift_weights`, a correction for covariate shift); share, level
+and tail are fitted on the weighted cells.
+
+Members are their mean plus e times their deviations plus g σ_first ξ, with ξ a
 standard normal draw per member and cell (the same for a given seed, member and frame whatever
 the chunk), centred over the members so that their mean stays the ensemble mean.
 
@@ -54,6 +60,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 SHARES = np.concatenate([[0.0], 10.0 ** np.linspace(-4, 4, 161)])   # g²/e² tried
+SHIFT_BINS = 10    # quantile bins of σ_first that match the withheld cells to the real gaps
 TAILS = (2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0, math.inf)   # ν tried
 
 
@@ -130,22 +137,39 @@ class Spread:
 
 
 def fit_spread(errors: np.ndarray, members_std: np.ndarray,
-               first_std: np.ndarray | None, correction: float = 1.0) -> Spread:
+               first_std: np.ndarray | None, correction: float = 1.0,
+               weights: np.ndarray | None = None) -> Spread:
     """The spread model of errors ε of withheld cells, with their σ_K and σ_first (1-D), for
-    a centre with the share ``correction`` of the network's correction (the errors' own)."""
+    a centre with the share ``correction`` of the network's correction (the errors' own), each
+    cell counted with its weight (equal by default; see :func:`shift_weights`)."""
     e2 = np.asarray(errors, np.float64) ** 2
     k2 = np.asarray(members_std, np.float64) ** 2
     g2 = np.zeros_like(k2) if first_std is None else np.asarray(first_std, np.float64) ** 2
-    share = _likeliest_share(e2, k2, g2)
-    total = float(np.mean(k2 + share * g2))
-    level = float(np.mean(e2)) / total if total > 0 else 1.0
+    w = np.ones_like(e2) if weights is None else np.asarray(weights, np.float64)
+    share = _likeliest_share(e2, k2, g2, w)
+    total = _mean(k2 + share * g2, w)
+    level = _mean(e2, w) / total if total > 0 else 1.0
     spread = Spread(ensemble=math.sqrt(level), first_guess=math.sqrt(level * share),
                     correction=correction)
     if not spread.first_guess:
         return spread
     sigma = spread.sigma(np.sqrt(k2), np.sqrt(g2)).astype(np.float64)
     z = np.asarray(errors, np.float64)[sigma > 0] / sigma[sigma > 0]
-    return replace(spread, tail=likeliest_tail(z))
+    return replace(spread, tail=likeliest_tail(z, w[sigma > 0]))
+
+
+def shift_weights(sample: np.ndarray, target: np.ndarray, bins: int = SHIFT_BINS) -> np.ndarray:
+    """Weights of the cells of ``sample`` that give them the distribution of ``target`` (1-D
+    values of one covariate, here σ_first): the ratio of the two histograms over the sample's
+    quantiles, so that every bin holds a share 1/``bins`` of the sample."""
+    sample = np.asarray(sample, np.float64)
+    edges = np.unique(np.quantile(sample, np.linspace(0, 1, bins + 1)[1:-1]))
+    of_sample = np.searchsorted(edges, sample, side="right")
+    of_target = np.searchsorted(edges, np.asarray(target, np.float64), side="right")
+    counts = np.bincount(of_sample, minlength=len(edges) + 1).astype(np.float64)
+    wanted = np.bincount(of_target, minlength=len(edges) + 1) / max(len(target), 1)
+    weights = (wanted * len(sample) / np.maximum(counts, 1.0))[of_sample]
+    return weights if weights.sum() > 0 else np.ones_like(sample)
 
 
 def fit_correction(targets: np.ndarray, network: np.ndarray, first: np.ndarray) -> float:
@@ -157,34 +181,41 @@ def fit_correction(targets: np.ndarray, network: np.ndarray, first: np.ndarray) 
     return float(np.clip(np.sum(missing * step) / size, 0.0, 1.0)) if size > 0 else 1.0
 
 
-def likeliest_tail(z: np.ndarray) -> float:
-    """The ν in TAILS under which standardised errors ``z`` are likeliest (unit-variance t)."""
+def likeliest_tail(z: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """The ν in TAILS under which standardised errors ``z`` (each with its weight) are
+    likeliest (unit-variance t)."""
     z2 = np.asarray(z, np.float64) ** 2
     if z2.size == 0:
         return math.inf
+    w = np.ones_like(z2) if weights is None else np.asarray(weights, np.float64)
     best, tail = -math.inf, math.inf
     for nu in TAILS:
         if math.isinf(nu):
-            ll = -0.5 * float(np.mean(z2)) - 0.5 * math.log(2 * math.pi)
+            ll = -0.5 * _mean(z2, w) - 0.5 * math.log(2 * math.pi)
         else:   # log density of t_ν scaled by sqrt((ν − 2)/ν) to unit variance
             scale2 = nu - 2.0
             ll = (math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(math.pi * scale2)
-                  - (nu + 1) / 2 * float(np.mean(np.log1p(z2 / scale2))))
+                  - (nu + 1) / 2 * _mean(np.log1p(z2 / scale2), w))
         if ll > best:
             best, tail = ll, nu
     return tail
 
 
-def _likeliest_share(e2: np.ndarray, k2: np.ndarray, g2: np.ndarray) -> float:
-    """The r ≥ 0 under which the errors are likeliest with Gaussian variances s (σ_K² + r
-    σ_first²), s at its best for each r; 0 when there is no first guess."""
+def _likeliest_share(e2: np.ndarray, k2: np.ndarray, g2: np.ndarray, w: np.ndarray) -> float:
+    """The r ≥ 0 under which the errors (weighted by ``w``) are likeliest with Gaussian
+    variances s (σ_K² + r σ_first²), s at its best for each r; 0 when there is no first guess."""
     if not g2.any():
         return 0.0
     best, share = math.inf, 0.0
     for r in SHARES:
         shape = np.maximum(k2 + r * g2, 1e-30)
-        s = float(np.mean(e2 / shape))
-        nll = float(np.mean(np.log(s * shape)))      # + mean(ε² / σ²) = 1 at this s
+        s = _mean(e2 / shape, w)
+        nll = _mean(np.log(s * shape), w)      # + mean(ε² / σ²) = 1 at this s
         if nll < best:
             best, share = nll, float(r)
     return share
+
+
+def _mean(x: np.ndarray, w: np.ndarray) -> float:
+    """The weighted mean of x."""
+    return float(np.sum(w * x) / np.sum(w))

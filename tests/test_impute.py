@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from ctxq_cli import impute
 from ctxq_cli.data import Normalization
 from ctxq_cli.errors import CtxqError
 from ctxq_cli.frames import InMemory
@@ -13,6 +14,7 @@ from ctxq_cli.impute import calibrate_spread, impute_field, tile_positions, wind
 from ctxq_cli.spread import Spread
 from ctxq_cli.tiles import Tiling, plan
 from ctxq_cli.train import TrainOptions, train_denoiser
+from ctxq_cli.withhold import calibration_frames
 
 from conftest import smooth_field
 
@@ -230,6 +232,29 @@ def test_the_spread_is_calibrated_on_cells_training_kept_out(model, caplog):
         calibrate_spread(model, lambda a, b: (np.where(other, values, 0)[a:b], other[a:b]),
                          len(values), domain, ensemble=4)
     assert "withheld observations" in caplog.text and "kept out" not in caplog.text
+
+
+def test_the_calibration_weights_withheld_cells_like_the_real_gaps(model, monkeypatch):
+    values, observed, domain = _model_data()
+    seen, shift_weights, fit_spread = {}, impute.shift_weights, impute.fit_spread
+
+    def shift(sample, target):
+        seen["sample"], seen["target"] = sample, target
+        return shift_weights(sample, target)
+
+    def fit(errors, members_std, first_std, correction, weights):
+        seen["weights"] = weights
+        return fit_spread(errors, members_std, first_std, correction, weights)
+
+    monkeypatch.setattr(impute, "shift_weights", shift)
+    monkeypatch.setattr(impute, "fit_spread", fit)
+    used = calibration_frames(len(values))
+    calibrate_spread(model, lambda a, b: (values[a:b], observed[a:b]), len(values), domain,
+                     ensemble=4)
+    gaps = int((~observed[used] & domain).sum())
+    assert len(seen["target"]) == gaps > 0            # the real gaps of the calibration frames
+    assert len(seen["weights"]) == len(seen["sample"]) > 0
+    assert np.all(seen["weights"] >= 0) and seen["weights"].std() > 0
 
 
 def test_a_zero_correction_share_fills_with_the_first_guess_and_members_follow(model):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ctxq_cli.spread import Spread, fit_correction, fit_spread, likeliest_tail
+from ctxq_cli.spread import Spread, fit_correction, fit_spread, likeliest_tail, shift_weights
 
 
 def test_the_fit_recovers_the_variance_the_errors_were_drawn_with():
@@ -18,6 +18,35 @@ def test_the_fit_recovers_the_variance_the_errors_were_drawn_with():
     assert fitted.first_guess == pytest.approx(0.5, rel=0.1)
     sigma = fitted.sigma(members_std, first_std)
     assert np.mean(sigma ** 2) == pytest.approx(np.mean(errors ** 2), rel=1e-3)  # spread = skill
+
+
+def test_shift_weights_give_the_sample_the_targets_distribution():
+    rng = np.random.default_rng(8)
+    sample = rng.uniform(0.0, 1.0, 100_000)          # withheld cells: σ_first uniform
+    target = rng.beta(1.0, 3.0, 20_000)               # real gaps: mostly small σ_first
+    weights = shift_weights(sample, target)
+    assert np.all(weights >= 0)
+    for cut in (0.1, 0.3, 0.5):     # weighted shares below a cut match the target's
+        share = weights[sample < cut].sum() / weights.sum()
+        assert share == pytest.approx(np.mean(target < cut), abs=0.04)
+    np.testing.assert_allclose(shift_weights(sample, sample), 1.0, atol=0.01)
+
+
+def test_weighted_fit_calibrates_the_level_for_the_targets_cells():
+    rng = np.random.default_rng(9)
+    n = 200_000
+    first_std = rng.uniform(0.2, 1.0, n)
+    # the errors of cells far in time grow faster than their σ_first
+    errors = first_std ** 2 * rng.standard_normal(n)
+    members_std = np.full(n, 1e-3)
+    near = rng.uniform(0.2, 0.4, 50_000)             # the real gaps' σ_first
+    plain = fit_spread(errors, members_std, first_std)
+    weighted = fit_spread(errors, members_std, first_std, weights=shift_weights(first_std, near))
+    ok = first_std < 0.4
+    skill = np.mean(errors[ok] ** 2)
+    assert np.mean(weighted.sigma(members_std[ok], first_std[ok]) ** 2) == pytest.approx(
+        skill, rel=0.1)      # within the resolution of the quantile bins
+    assert np.mean(plain.sigma(members_std[ok], first_std[ok]) ** 2) > 1.5 * skill
 
 
 def test_without_a_first_guess_the_spread_is_the_scaled_members():
