@@ -561,8 +561,7 @@ def calibrate_spread(model: DenoiserModel,
     # The withheld cells are seen less near in time than the real gaps (their donors empty
     # whole frames): weighted to the real gaps' σ_first, they calibrate the level for those.
     gaps = ~o & domain[None, None]
-    weights = (None if guess_std is None or not gaps.any()
-               else shift_weights(first_std, guess_std[gaps]))
+    weights = None if guess_std is None else shift_weights(first_std, guess_std[gaps])
     spread = fit_spread(centre - v[hidden], members_std, first_std, correction, weights)
     held = model.training.get("calibration_holdout", {}).get("fingerprint")
     unseen = held == mask_fingerprint(o, domain)

@@ -145,17 +145,17 @@ def fit_spread(errors: np.ndarray, members_std: np.ndarray,
     e2 = np.asarray(errors, np.float64) ** 2
     k2 = np.asarray(members_std, np.float64) ** 2
     g2 = np.zeros_like(k2) if first_std is None else np.asarray(first_std, np.float64) ** 2
-    w = np.ones_like(e2) if weights is None else np.asarray(weights, np.float64)
-    share = _likeliest_share(e2, k2, g2, w)
-    total = _mean(k2 + share * g2, w)
-    level = _mean(e2, w) / total if total > 0 else 1.0
+    share = _likeliest_share(e2, k2, g2, weights)
+    total = float(np.average(k2 + share * g2, weights=weights))
+    level = float(np.average(e2, weights=weights)) / total if total > 0 else 1.0
     spread = Spread(ensemble=math.sqrt(level), first_guess=math.sqrt(level * share),
                     correction=correction)
     if not spread.first_guess:
         return spread
     sigma = spread.sigma(np.sqrt(k2), np.sqrt(g2)).astype(np.float64)
     z = np.asarray(errors, np.float64)[sigma > 0] / sigma[sigma > 0]
-    return replace(spread, tail=likeliest_tail(z, w[sigma > 0]))
+    return replace(spread, tail=likeliest_tail(
+        z, None if weights is None else np.asarray(weights)[sigma > 0]))
 
 
 def shift_weights(sample: np.ndarray, target: np.ndarray, bins: int = SHIFT_BINS) -> np.ndarray:
@@ -187,35 +187,31 @@ def likeliest_tail(z: np.ndarray, weights: np.ndarray | None = None) -> float:
     z2 = np.asarray(z, np.float64) ** 2
     if z2.size == 0:
         return math.inf
-    w = np.ones_like(z2) if weights is None else np.asarray(weights, np.float64)
     best, tail = -math.inf, math.inf
     for nu in TAILS:
         if math.isinf(nu):
-            ll = -0.5 * _mean(z2, w) - 0.5 * math.log(2 * math.pi)
+            ll = -0.5 * float(np.average(z2, weights=weights)) - 0.5 * math.log(2 * math.pi)
         else:   # log density of t_ν scaled by sqrt((ν − 2)/ν) to unit variance
             scale2 = nu - 2.0
             ll = (math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(math.pi * scale2)
-                  - (nu + 1) / 2 * _mean(np.log1p(z2 / scale2), w))
+                  - (nu + 1) / 2 * float(np.average(np.log1p(z2 / scale2), weights=weights)))
         if ll > best:
             best, tail = ll, nu
     return tail
 
 
-def _likeliest_share(e2: np.ndarray, k2: np.ndarray, g2: np.ndarray, w: np.ndarray) -> float:
-    """The r ≥ 0 under which the errors (weighted by ``w``) are likeliest with Gaussian
+def _likeliest_share(e2: np.ndarray, k2: np.ndarray, g2: np.ndarray,
+                     weights: np.ndarray | None) -> float:
+    """The r ≥ 0 under which the errors (each with its weight) are likeliest with Gaussian
     variances s (σ_K² + r σ_first²), s at its best for each r; 0 when there is no first guess."""
     if not g2.any():
         return 0.0
     best, share = math.inf, 0.0
     for r in SHARES:
         shape = np.maximum(k2 + r * g2, 1e-30)
-        s = _mean(e2 / shape, w)
-        nll = _mean(np.log(s * shape), w)      # + mean(ε² / σ²) = 1 at this s
+        s = float(np.average(e2 / shape, weights=weights))
+        # the NLL, less mean(ε² / σ²), which is 1 at this s
+        nll = float(np.average(np.log(s * shape), weights=weights))
         if nll < best:
             best, share = nll, float(r)
     return share
-
-
-def _mean(x: np.ndarray, w: np.ndarray) -> float:
-    """The weighted mean of x."""
-    return float(np.sum(w * x) / np.sum(w))
