@@ -100,6 +100,7 @@ def train_denoiser(
     patch: opt.PatchOpt = 128,
     val_fraction: opt.ValFractionOpt = 0.1,
     patience: opt.PatienceOpt = 8,
+    select: opt.SelectOpt = "auto",
     log_file: opt.LogOpt = None,
     checkpoint_every: opt.CheckpointEveryOpt = 1000,
     resume: opt.ResumeOpt = False,
@@ -115,11 +116,12 @@ def train_denoiser(
 
     The network starts from a first guess that reaches across the whole record (--temporal
     smoother: each cell's observations before and after, and its neighbours', weighted by a
-    Gauss-Markov model of time fitted on the record) and learns what it misses. It keeps the
-    weights that did best on the validation frames and stops when they no longer improve.
+    Gauss-Markov model of time fitted on the record) and learns what it misses.
 
     A tenth of the observations of the record's middle 48 frames, hidden like its gaps, stay
     out of training (--calibration-holdout): `impute` calibrates its ensemble spread on them.
+    Training keeps the weights that fill them best and stops when that no longer improves
+    (--select).
 
     On SIGTERM or SIGINT (a batch job's time limit) training writes a resumable state beside
     the output and exits with code 75; the same command with --resume goes on from there.
@@ -139,7 +141,7 @@ def train_denoiser(
                                calibration_holdout=calibration_holdout, steps=steps,
                                max_minutes=max_minutes, batch_size=batch_size, lr=lr,
                                patch=patch, val_fraction=val_fraction, patience=patience,
-                               seed=seed, checkpoint_every=checkpoint_every,
+                               select=select, seed=seed, checkpoint_every=checkpoint_every,
                                normalization=normalization, precision=precision,
                                compile=compile_network)
         read = _read(var, mask, quality_var, min_quality, sel, isel, group, domain,

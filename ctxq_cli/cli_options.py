@@ -65,8 +65,13 @@ ValFractionOpt = Annotated[float, typer.Option(
          "(the last at its end); 0: none, train on every frame and keep the last weights.",
     min=0, max=0.5)]
 PatienceOpt = Annotated[int, typer.Option(
-    help="Stop after this many validations (one every 250 steps) without a new lowest "
-         "validation loss (0: never stop early).", min=0)]
+    help="Stop after this many validations (one every 250 steps) without a new best "
+         "score (see --select; 0: never stop early).", min=0)]
+SelectOpt = Annotated[str, typer.Option(
+    help="What keeps the weights and stops early: withheld (the fill error on the "
+         "observations kept out by --calibration-holdout, filled as impute fills them), "
+         "validation (the denoising loss on the validation frames), or auto (withheld when "
+         "there are such observations).")]
 CalibrateOpt = Annotated[bool, typer.Option(
     "--calibrate/--no-calibrate",
     help="Scale the ensemble spread to the error on withheld observations (S = 1; costs one "

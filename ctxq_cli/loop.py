@@ -3,8 +3,9 @@
 AdamW with linear warm-up and cosine decay (over steps, or over the time budget when one is
 set), gradient clipping and an EMA copy of the weights, which is what is validated and kept. The
 loop writes resumable states periodically and when asked to stop, and resumes from them bit for
-bit on the same device. It keeps the EMA weights that did best on the validation windows and
-stops when they have not improved for ``patience`` validations: a record of few independent
+bit on the same device. A validation measures named scores (:data:`Scores`); the loop keeps the
+EMA weights with the lowest first score and stops when it has not improved for ``patience``
+validations: a record of few independent
 states (a slowly evolving daily field) is otherwise memorised, the validation loss rising while
 the training loss falls. Under torchrun the network is wrapped in DistributedDataParallel and
 every decision (stop, budget, divergence) is agreed by all ranks; only rank 0 writes. Losses
@@ -35,6 +36,10 @@ from ctxq_cli.progress import progress as progress_of
 log = logging.getLogger(__name__)
 
 SYNC_EVERY_GPU = 16   # steps between host synchronisations on a GPU (losses, stop, budget)
+
+# What one validation measured, by name (lower is better); the first score selects the weights.
+Scores = dict[str, float]
+Validate = Callable[[nn.Module], Scores]
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ class RunControl:
 
 @dataclass
 class Best:
-    """The EMA weights with the lowest validation loss so far, and how many validations since."""
+    """The EMA weights with the lowest selecting score so far, and how many validations since."""
 
     step: int = 0
     value: float = math.inf
@@ -142,7 +147,8 @@ class Loop:
         self.step = self.first_step = 0
         self.done0, self.seconds0 = 0.0, 0.0     # schedule share and time before this start
         self.loss_avg: float | None = None
-        self.val = float("nan")
+        self.val = float("nan")     # the selecting score of the last validation
+        self.scores: Scores = {}
         self.best = Best()
         self.saved_step: int | None = None
         self.budget = options.max_minutes * 60 if options.max_minutes else math.inf
@@ -169,7 +175,8 @@ class Loop:
         self.step = self.first_step = state.step
         self.done0, self.seconds0, self.loss_avg = state.progress, state.seconds, \
             state.loss_avg
-        self.val = float("nan") if state.val_loss is None else state.val_loss
+        self.scores = {k: float("nan") if v is None else v for k, v in state.scores.items()}
+        self.val = next(iter(self.scores.values()), float("nan"))
         log.info("resuming from %s at step %d", self.path, self.step)
 
     def schedule_done(self) -> float:
@@ -186,7 +193,8 @@ class Loop:
             best = self.best
             resume.save_state(self.path, resume.capture(
                 self.step, self.schedule_done(), self.seconds0 + self.agreed_elapsed,
-                self.loss_avg, None if math.isnan(self.val) else self.val, self.opts,
+                self.loss_avg, {k: None if math.isnan(v) else v for k, v in self.scores.items()},
+                self.opts,
                 self.fingerprint, self.network, self.ema, self.opt, generators, self.sampler,
                 best.weights, best.step, best.value, best.since))
         self.saved_step = self.step
@@ -213,10 +221,16 @@ class Loop:
         self.pending.append((self.step, loss.detach(), lr))
         self.bar.update(1)
 
-    def validate(self, validate: Callable[[nn.Module], float]) -> None:
-        """Score the EMA weights on the validation windows; keep them if they are the best."""
-        self.val = validate(self.ema)
+    def validate(self, validate: Validate) -> None:
+        """Score the EMA weights; keep them if their selecting score is the best."""
+        self.scores = validate(self.ema)
+        self.val = next(iter(self.scores.values()))
         self.best.offer(self.val, self.step, self.ema)
+
+    @property
+    def selecting(self) -> str:
+        """The name of the score that selects the weights."""
+        return next(iter(self.scores), "val_loss")
 
     def synchronise(self) -> tuple[bool, bool]:
         """Read the pending losses, log them, check them; agree on (stop, out of time)."""
@@ -243,12 +257,12 @@ class Loop:
         return numbers[-2] > 0, self.agreed_elapsed > self.budget
 
     def _log(self, at: int, loss: float, lr: float) -> None:
-        """One line of the JSON-lines log (rank 0), with the validation loss when it is new."""
+        """One line of the JSON-lines log (rank 0), with the validation's scores when new."""
         record: dict[str, Any] = {"step": at, "loss": loss, "lr": lr,
                                   "elapsed_s": round(self.seconds0 + self.agreed_elapsed, 3)}
         if at == self.step and not math.isnan(self.val) and at % self.options.val_every == 0:
-            record["val_loss"] = self.val
-            record["best_val_loss"] = self.best.value
+            record.update(self.scores)
+            record[f"best_{self.selecting}"] = self.best.value
         if self.log_file is not None and self.group.main:
             self.log_file.write(json.dumps(record) + "\n")
 
@@ -261,7 +275,7 @@ class Loop:
                  f"--resume to continue" if self.path else "")
         return Interrupted(f"interrupted at step {self.step} of {self.options.steps}{where}")
 
-    def finish(self, validate: Callable[[nn.Module], float] | None, out_of_time: bool,
+    def finish(self, validate: Validate | None, out_of_time: bool,
                stopped_early: bool) -> tuple[nn.Module, dict[str, Any]]:
         """Validate the last weights, report, restore the best ones; the EMA and a summary."""
         options, best = self.options, self.best
@@ -274,35 +288,38 @@ class Loop:
         elapsed = time.perf_counter() - self.start
         if validate is not None and self.step % options.val_every != 0:
             self.validate(validate)      # the final weights, once more
-        step, val = self.step, self.val
+        step, val, name = self.step, self.val, self.selecting
         rate = (step - self.first_step) * options.batch_size / max(elapsed, 1e-9)
-        log.info("trained to step %d in %.1f s: %.1f samples/s, final loss %.4f, validation "
-                 "loss %.4f", step, elapsed, rate, self.loss_avg or float("nan"), val)
+        log.info("trained to step %d in %.1f s: %.1f samples/s, final loss %.4f%s", step,
+                 elapsed, rate, self.loss_avg or float("nan"),
+                 "".join(f", {k} {v:.4f}" for k, v in self.scores.items()))
         if stopped_early:
-            log.info("stopped early at step %d: the validation loss has not improved on %.4f "
-                     "(step %d) in %d validations", step, best.value, best.step, best.since)
+            log.info("stopped early at step %d: %s has not improved on %.4f (step %d) in %d "
+                     "validations", step, name, best.value, best.step, best.since)
         if best.weights is not None and best.step != step:
             self.ema.load_state_dict(best.weights)
-            log.info("kept the weights of step %d, the lowest validation loss (%.4f; %.4f at "
-                     "the last step)", best.step, best.value, val)
+            log.info("kept the weights of step %d, the lowest %s (%.4f; %.4f at the last "
+                     "step)", best.step, name, best.value, val)
         summary = {"options": self.opts, "steps_done": step,
                    "seconds": round(self.seconds0 + elapsed, 1),
                    "samples_per_s": round(rate, 2), "train_loss": self.loss_avg,
-                   "val_loss": None if math.isnan(val) else val,
+                   **{k: None if math.isnan(v) else v for k, v in self.scores.items()},
                    "processes": self.group.world,
                    "best_step": best.step if best.weights is not None else step,
-                   "best_val_loss": best.value if best.weights is not None else None,
+                   "selected_by": name if best.weights is not None else None,
+                   f"best_{name}": best.value if best.weights is not None else None,
                    "stopped_early": stopped_early}
         return self.ema, summary
 
 
 def optimise(network: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator], Tensor],
              options: LoopOptions, generator: torch.Generator,
-             validate: Callable[[nn.Module], float] | None, fingerprint: dict[str, Any],
+             validate: Validate | None, fingerprint: dict[str, Any],
              control: RunControl, log_file: IO[str] | None = None,
              progress: bool = True,
              sampler: WindowSampler | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Minimise ``loss_fn``; return the EMA weights of the best validation and a summary.
+    """Minimise ``loss_fn``; return the EMA weights of the best validation (the lowest first
+    score ``validate`` returns) and a summary.
 
     Stops after ``options.steps`` steps or ``options.max_minutes`` (counted from this start),
     or early, when ``options.patience`` validations in a row did not improve on the best (the

@@ -49,7 +49,7 @@ class TrainingState:
     progress: float                 # fraction of the run's schedule done (0 → 1)
     seconds: float                  # training time spent so far, all sessions
     loss_avg: float | None
-    val_loss: float | None
+    scores: dict[str, float]        # the last validation's (the first selects the weights)
     options: dict[str, Any]
     fingerprint: dict[str, Any]     # what the data looked like: shapes, variables, normalisation
     network: dict[str, torch.Tensor]
@@ -69,7 +69,7 @@ def _generator_key(rank: int) -> str:
 
 
 def capture(step: int, progress: float, seconds: float, loss_avg: float | None,
-            val_loss: float | None, options: dict[str, Any], fingerprint: dict[str, Any],
+            scores: dict[str, float], options: dict[str, Any], fingerprint: dict[str, Any],
             network: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
             generators: list[torch.Tensor], sampler: Any = None,
             best: dict[str, torch.Tensor] | None = None, best_step: int = 0,
@@ -80,7 +80,7 @@ def capture(step: int, progress: float, seconds: float, loss_avg: float | None,
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state()
     return TrainingState(step=step, progress=progress, seconds=seconds, loss_avg=loss_avg,
-                         val_loss=val_loss, options=options, fingerprint=fingerprint,
+                         scores=scores, options=options, fingerprint=fingerprint,
                          network=_cpu(network.state_dict()), ema=_cpu(ema.state_dict()),
                          optimizer=optimizer.state_dict(), rng=rng,
                          sampler=None if sampler is None else sampler.state_dict(),
@@ -108,7 +108,7 @@ def save_state(path: Path, state: TrainingState) -> None:
             tensors[f"optimizer.{index}.{name}"] = tensor.detach().cpu()
             param_state[str(index)].append(name)
     meta = {"kind": KIND, "step": state.step, "progress": state.progress,
-            "seconds": state.seconds, "loss_avg": state.loss_avg, "val_loss": state.val_loss,
+            "seconds": state.seconds, "loss_avg": state.loss_avg, "scores": state.scores,
             "options": state.options, "fingerprint": state.fingerprint,
             "optimizer_groups": state.optimizer["param_groups"],
             "optimizer_state": param_state, "sampler": state.sampler,
@@ -147,7 +147,7 @@ def _read(path: Path) -> TrainingState:
         return TrainingState(
             step=int(meta["step"]), progress=float(meta["progress"]),
             seconds=float(meta["seconds"]), loss_avg=meta["loss_avg"],
-            val_loss=meta["val_loss"], options=dict(meta["options"]),
+            scores=dict(meta["scores"]), options=dict(meta["options"]),
             fingerprint=dict(meta["fingerprint"]), network=group("network."),
             ema=group("ema."),
             optimizer={"state": opt_state, "param_groups": meta["optimizer_groups"]},

@@ -4,7 +4,9 @@ optimisation loop they share is :mod:`ctxq_cli.loop`.
 Validation windows lie in blocks of frames spread over the record, the last block at its end,
 so that they sample the states of the whole record and its newest frames; no training window
 overlaps them, while their observations still reach neighbouring windows through the temporal
-smoother, as every observation of a file does when it is filled.
+smoother, as every observation of a file does when it is filled. What keeps the weights and stops
+training early is, by default, the fill error on the observations kept out for the spread's
+calibration (:mod:`ctxq_cli.selection`); the validation windows' loss is logged beside it.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from ctxq_cli.partition import (
     PartitionInputs,
     choose_partition,
 )
+from ctxq_cli.selection import SELECTION, WithheldFill
 from ctxq_cli.temporal import Smoother, SmootherConfig, first_guess, fit_smoother
 from ctxq_cli.unet import UNetConfig
 from ctxq_cli.withhold import calibration_frames, calibration_hidden, mask_fingerprint
@@ -81,6 +84,9 @@ class TrainOptions(LoopOptions):
     # or "variable": one mean per variable (any grid)
     normalization: str = option("cell", choices=("cell", "variable"))
     calibration_holdout: bool = True   # keep impute's calibration cells out of training
+    # what selects the weights and stops early: the fill error on those cells (withheld), the
+    # denoising loss on held-out frames (validation), or the first where there are such cells
+    select: str = option("auto", choices=SELECTION)
     pool_size: int = option(512, ge=1, integer=True)
     prior_steps: int = option(10, ge=1, integer=True)   # ODE steps per mask from a mask prior
 
@@ -90,6 +96,9 @@ class TrainOptions(LoopOptions):
         if self.partition not in ("auto", *PARTITIONS):
             self.fail("partition", f"must be one of {', '.join(('auto', *PARTITIONS))}, "
                       f"not '{self.partition}'")
+        if self.select == "withheld" and not self.calibration_holdout:
+            self.fail("select", "withheld needs calibration_holdout: the withheld cells are "
+                      "the calibration cells kept out of training")
         if self.attention_heads and self.channels[-1] % self.attention_heads:
             self.fail("attention_heads", f"{self.attention_heads} must divide the last width "
                       f"of {type(self).__name__}.channels, {self.channels[-1]}")
@@ -199,11 +208,12 @@ def validation_frames(frames: int, window: int, fraction: float) -> np.ndarray:
 def split_windows(frames: TrainingFrames, options: TrainOptions | MaskPriorOptions,
                   device: torch.device, smoother: Smoother | None = None,
                   times: np.ndarray | None = None, memory: float = math.inf,
-                  group: distributed.Group = distributed.Group()
-                  ) -> tuple[Windows, Windows | None]:
+                  group: distributed.Group = distributed.Group(),
+                  scored: slice | None = None) -> tuple[Windows, Windows | None]:
     """Training windows and, when the record is long enough, validation windows (in blocks
     of frames that no training window touches, see :func:`validation_frames`). The smoother's
-    states are kept for this process's shard of the training windows and the validation ones."""
+    states are kept for this process's shard of the training windows, the validation ones and
+    the windows inside frames ``scored`` (the withheld cells')."""
     t, w = frames.frames, options.window
     held = validation_frames(t, w, options.val_fraction)
     covered = np.lib.stride_tricks.sliding_window_view(held, w)     # (T − W + 1, W)
@@ -213,6 +223,9 @@ def split_windows(frames: TrainingFrames, options: TrainOptions | MaskPriorOptio
     if not split:
         train, val = np.arange(t - w + 1), val[:0]
     used = np.concatenate([train[distributed.shard(len(train), group)], val])
+    if scored is not None:
+        used = np.concatenate([used, np.arange(scored.start, max(scored.start,
+                                                                 scored.stop - w + 1))])
     everything = Windows(frames, w, options.patch, device, smoother=smoother, times=times,
                          memory=memory, used=used)
     if not split:
@@ -265,9 +278,16 @@ def train_denoiser(source: FrameSource, domain: np.ndarray, variables: list[str]
                                        options.seed)
         log.info("temporal smoother fitted in %.1f s", time.perf_counter() - start)
     control = control or RunControl()
+    select = options.select
+    if select == "auto":
+        select = "withheld" if holdout is not None else "validation"
+    elif select == "withheld" and holdout is None:
+        raise CtxqError("--select withheld: too few observations in the calibration frames to "
+                        "withhold (use --select validation)")
     train_w, val_w = split_windows(frames, options, device,
                                    None if smoother_config is None else Smoother(smoother_config),
-                                   times, memory, control.group)
+                                   times, memory, control.group,
+                                   holdout.frames if select == "withheld" else None)
     if mask_prior is not None and mask_prior.window != options.window:
         raise CtxqError(f"the mask prior's window ({mask_prior.window} frames) differs from "
                         f"--window {options.window}; train the prior with --window "
@@ -292,8 +312,18 @@ def train_denoiser(source: FrameSource, domain: np.ndarray, variables: list[str]
         return context_query_loss(net, batch.values, batch.observed, batch.domain, partition,
                                   schedule, g, batch.positions, batch_first_guess(train_w, batch))
 
-    def validate(ema: nn.Module) -> float:
-        return validation_loss(ema, val_w, partition, schedule, options.seed)
+    withheld = None
+    if select == "withheld":
+        withheld = WithheldFill(train_w, TrainingFrames(source, domain, config.multiple, norm),
+                                holdout, partition, schedule.sigma_min, options.seed)
+        log.info("the weights that fill the %d withheld observations best are kept "
+                 "(--select validation: the lowest validation loss)", int(holdout.hidden.sum()))
+
+    def validate(ema: nn.Module) -> dict[str, float]:
+        scores = {} if withheld is None else {"withheld_rmse": withheld(ema)}
+        if val_w is not None:
+            scores["val_loss"] = validation_loss(ema, val_w, partition, schedule, options.seed)
+        return scores
 
     fingerprint = {"shape": [frame_count, channels, *domain.shape],
                    "variables": list(variables), "normalization": norm.to_dict(),
@@ -304,7 +334,8 @@ def train_denoiser(source: FrameSource, domain: np.ndarray, variables: list[str]
              if control.group.active else "")
     try:
         with prefetch:
-            ema, summary = optimise(denoiser, loss_fn, options, gen, validate if val_w else None,
+            ema, summary = optimise(denoiser, loss_fn, options, gen,
+                                    validate if val_w or withheld else None,
                                     fingerprint, control, log_file, progress, sampler)
     finally:
         train_w.close()
@@ -364,12 +395,12 @@ def train_mask_prior(source: FrameSource, domain: np.ndarray, options: MaskPrior
         return mask_prior_loss(net, batch.observed, batch.domain, g)
 
     @torch.no_grad()
-    def validate(ema: nn.Module) -> float:
+    def validate(ema: nn.Module) -> dict[str, float]:
         g = torch.Generator(device=device).manual_seed(options.seed)
         batches = val_w.sequential(stride=options.window)
         losses = [float(mask_prior_loss(ema, b.observed, b.domain, g)) * len(b.observed)
                   for b in batches]
-        return sum(losses) / max(sum(len(b.observed) for b in batches), 1)
+        return {"val_loss": sum(losses) / max(sum(len(b.observed) for b in batches), 1)}
 
     observed = sum(int(o.sum()) for _, _, _, o in chunks(frames.observations, source.frames))
     fingerprint = {"shape": [source.frames, 1, *domain.shape], "observed": observed,

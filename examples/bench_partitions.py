@@ -190,7 +190,7 @@ def main() -> None:
                                     "train_samples_per_s": info["samples_per_s"],
                                     "train_steps": info["steps_done"],
                                     "impute_s_per_frame": per_frame,
-                                    "val_loss": info["val_loss"]})
+                                    "val_loss": info.get("val_loss")})
                     print(f"  {label:12s} K={k:2d} S={s:2d}: RMSE {r:.4f} VRMSE {v:.4f} "
                           f"({per_frame:.3f} s/frame; trained {info['steps_done']} steps at "
                           f"{info['samples_per_s']:.0f} samples/s)", flush=True)

@@ -47,7 +47,8 @@ def test_the_checkpoint_carries_its_smoother_and_how_training_ended(workdir):
     assert model.smoother is not None and model.smoother.time_unit == "days"
     assert model.denoiser.first_guess
     summary = model.training
-    assert {"best_step", "best_val_loss", "stopped_early"} <= set(summary)
+    assert {"best_step", "selected_by", "stopped_early"} <= set(summary)
+    assert summary[f"best_{summary['selected_by']}"] is not None
 
 
 def test_a_model_without_temporal_smoother_still_fills(workdir, tmp_path):
