@@ -49,9 +49,15 @@ def _withheld_fill(values, observed, domain):
     return fill, denoiser, holdout
 
 
-def test_the_withheld_values_reach_no_input():
+@pytest.fixture(scope="module")
+def built():
+    """A record and its WithheldFill, built once for the tests that only read them."""
     values, observed, domain = _record()
-    fill, denoiser, holdout = _withheld_fill(values, observed, domain)
+    return (values, observed, domain), _withheld_fill(values, observed, domain)
+
+
+def test_the_withheld_values_reach_no_input(built):
+    (values, observed, domain), (fill, denoiser, holdout) = built
     poisoned = values.copy()
     poisoned[holdout.frames][holdout.hidden] += 100.0
     other, _, _ = _withheld_fill(poisoned, observed, domain)
@@ -63,9 +69,8 @@ def test_the_withheld_values_reach_no_input():
     assert other(denoiser) > fill(denoiser) + 10
 
 
-def test_the_score_is_the_fill_error_on_the_withheld_cells():
-    values, observed, domain = _record()
-    fill, denoiser, holdout = _withheld_fill(values, observed, domain)
+def test_the_score_is_the_fill_error_on_the_withheld_cells(built):
+    _, (fill, denoiser, holdout) = built
     assert len(fill.targets) == holdout.hidden.sum()
     # the network's correction starts at zero: the fill is the first guess
     untrained = Denoiser(UNetConfig(Denoiser.input_channels(3, True), 3, (8, 16), patch=2),
@@ -81,11 +86,11 @@ def test_the_score_is_the_fill_error_on_the_withheld_cells():
 def test_training_selects_by_the_withheld_cells_unless_told_otherwise():
     values, observed, domain = _record()
     by_default = train_denoiser(InMemory(values, observed), domain, ["sst"],
-                                TrainOptions(steps=20, **TINY), CPU, progress=False).training
+                                TrainOptions(steps=10, **TINY), CPU, progress=False).training
     assert by_default["selected_by"] == "withheld_rmse"
     assert by_default["best_withheld_rmse"] <= by_default["withheld_rmse"]
     told = train_denoiser(InMemory(values, observed), domain, ["sst"],
-                          TrainOptions(steps=20, select="validation", **TINY), CPU,
+                          TrainOptions(steps=10, select="validation", **TINY), CPU,
                           progress=False).training
     assert told["selected_by"] == "val_loss" and "withheld_rmse" not in told
 
