@@ -151,6 +151,19 @@ def _batched(fn: Callable[[slice], Tensor], total: int, batch: int) -> Tensor:
     return torch.cat([fn(slice(i, min(i + batch, total))) for i in range(0, total, batch)])
 
 
+def member_draws(values: Tensor, observed: Tensor, partition: Partition, sigma: float,
+                 generators: list[torch.Generator]) -> tuple[Tensor, Tensor]:
+    """Each member's context mask and noisy context values (K, F, H, W) at noise ``sigma``,
+    one member per generator: the draws a single-step ensemble denoises."""
+    ctx, noisy = [], []
+    for g in generators:
+        c, _ = partition.sample(observed[None], g)
+        ctx.append(c[0])
+        noisy.append(add_noise(values[None], torch.full((1,), sigma, device=values.device), g)[0])
+    context = torch.stack(ctx)
+    return context, torch.stack(noisy) * context
+
+
 @torch.no_grad()
 def single_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Tensor,
                 partition: Partition, sigma: float, generators: list[torch.Generator],
@@ -163,12 +176,7 @@ def single_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Te
     Returns (K, F, H, W) clean estimates.
     """
     k = len(generators)
-    ctx, noisy = [], []
-    for g in generators:
-        c, _ = partition.sample(observed[None], g)
-        ctx.append(c[0])
-        noisy.append(add_noise(values[None], torch.full((1,), sigma, device=values.device), g)[0])
-    ctx_t, noisy_t = torch.stack(ctx), torch.stack(noisy) * torch.stack(ctx)
+    ctx_t, noisy_t = member_draws(values, observed, partition, sigma, generators)
     sig = torch.full((k,), sigma, device=values.device)
     dom = domain[None].expand(k, -1, -1, -1)
 

@@ -22,13 +22,14 @@ missing from the frames, from the smoother's states and from the first guess.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ctxq_cli.data import Batch, Holdout, TrainingFrames, Windows, pad_grid
-from ctxq_cli.diffusion import Denoiser, single_step
+from ctxq_cli.diffusion import Denoiser, member_draws
 from ctxq_cli.impute import member_generator, window_plan
 from ctxq_cli.partition import Partition
 from ctxq_cli.spread import fit_correction
@@ -36,6 +37,7 @@ from ctxq_cli.temporal import first_guess
 
 SELECTION = ("auto", "withheld", "validation")   # what selects a denoiser's weights
 MEMBERS = 4   # context draws per window: enough to rank checkpoints, a few seconds each
+KEPT_BYTES = 2 ** 28   # the members' inputs kept between scores; beyond, drawn again each time
 
 
 class WithheldFill:
@@ -61,6 +63,8 @@ class WithheldFill:
         self.hidden = torch.from_numpy(pad_grid(holdout.hidden, truth.multiple)).to(
             self.device)
         self.targets = torch.from_numpy(values).to(self.device)[self.hidden].double()
+        self.drawn: dict[int, tuple] = {}   # each window start's inputs, see _inputs
+        self.kept = 0
         self.first = None
         if self.smoother is not None:   # from every observation left: no context to draw
             self.first = self._gather(lambda s, b, j, takes: self._guess(b, j)(
@@ -75,38 +79,66 @@ class WithheldFill:
         return lambda ctx: first_guess(smoother, values.expand(len(ctx), -1, -1, -1), ctx,
                                        told, win)
 
+    def _inputs(self, s: int, batch: Batch | None, j: int, takes: list[tuple[int, int, int]]
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """What the network sees of the members of the window starting at s: their context
+        masks and noisy contexts, the domain and their first guesses. They are the same at
+        every score, so they are drawn once and kept while they fit ``KEPT_BYTES``."""
+        if s in self.drawn:
+            return self.drawn[s]
+        gens = [member_generator(self.seed, k, s, 0, 0, self.device) for k, _, _ in takes]
+        context, noisy = member_draws(batch.values[j], batch.observed[j], self.partition,
+                                      self.sigma, gens)
+        guess = self._guess(batch, j)
+        inputs = (context, noisy, batch.domain[j].clone(),
+                  None if guess is None else guess(context))
+        size = sum(t.numel() * t.element_size() for t in inputs if t is not None)
+        if self.kept + size <= KEPT_BYTES:
+            self.drawn[s], self.kept = inputs, self.kept + size
+        return inputs
+
+    def _windows(self) -> Iterator[tuple[int, Batch | None, int]]:
+        """(start, batch, index in the batch) of each scored window; the record is read only
+        when some window's inputs were not kept."""
+        if all(s in self.drawn for s in self.starts):
+            yield from ((s, None, -1) for s in self.starts)
+            return
+        starts = iter(self.starts)
+        for batch in self.reading.sequential(stride=1):
+            for j in range(len(batch.values)):
+                yield next(starts), batch, j
+
     def _gather(self, estimate, only_first: bool = False) -> Tensor:
         """Frames (n, C, H, W): the mean over members of the frames each takes from its
         windows; ``estimate(start, batch, j, takes)`` gives window j's (len(takes), F, H, W).
         ``only_first``: member 0 only (it takes every frame once)."""
         n, c = self.frames.stop - self.frames.start, self.hidden.shape[1]
         total = count = None
-        starts = iter(self.starts)
-        for batch in self.reading.sequential(stride=1):
-            h, w = batch.values.shape[-2:]
+        for s, batch, j in self._windows():
+            takes = [t for t in self.takes[s] if t[0] == 0] if only_first else self.takes[s]
+            if not takes:
+                continue
+            out = estimate(s, batch, j, takes)
+            h, w = out.shape[-2:]
+            out = out.reshape(len(takes), self.window, c, h, w)
             if total is None:
                 total = torch.zeros((n, c, h, w), device=self.device)
                 count = torch.zeros((n, 1, 1, 1), device=self.device)
-            for j in range(len(batch.values)):
-                s = next(starts)
-                takes = [t for t in self.takes[s] if t[0] == 0] if only_first else self.takes[s]
-                if not takes:
-                    continue
-                out = estimate(s, batch, j, takes).reshape(len(takes), self.window, c, h, w)
-                for i, (_, a, b) in enumerate(takes):
-                    total[s + a:s + b] += out[i, a:b]
-                    count[s + a:s + b] += 1
+            for i, (_, a, b) in enumerate(takes):
+                total[s + a:s + b] += out[i, a:b]
+                count[s + a:s + b] += 1
         return total / count.clamp(min=1)
 
     @torch.no_grad()
     def network(self, denoiser: Denoiser) -> Tensor:
         """The members' mean at the withheld cells (1-D, normalised)."""
 
-        def members(s: int, batch: Batch, j: int, takes: list[tuple[int, int, int]]
+        def members(s: int, batch: Batch | None, j: int, takes: list[tuple[int, int, int]]
                     ) -> Tensor:
-            gens = [member_generator(self.seed, k, s, 0, 0, self.device) for k, _, _ in takes]
-            return single_step(denoiser, batch.values[j], batch.observed[j], batch.domain[j],
-                               self.partition, self.sigma, gens, first_guess=self._guess(batch, j))
+            context, noisy, domain, guess = self._inputs(s, batch, j, takes)
+            k = len(context)
+            return denoiser(noisy, torch.full((k,), self.sigma, device=self.device), context,
+                            domain[None].expand(k, -1, -1, -1), None, guess)
 
         return self._gather(members)[self.hidden].double()
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from ctxq_cli import selection
 from ctxq_cli.data import Holdout, Normalization, TrainingFrames, Windows
 from ctxq_cli.diffusion import Denoiser
 from ctxq_cli.errors import OptionError
@@ -81,6 +82,16 @@ def test_the_score_is_the_fill_error_on_the_withheld_cells(built):
     assert fill(denoiser) <= first + 1e-9
     # the same draws at every call: two scores of the same weights are equal
     assert fill(denoiser) == fill(denoiser)
+
+
+def test_inputs_drawn_again_equal_the_kept_ones(built, monkeypatch):
+    (values, observed, domain), (fill, denoiser, _) = built
+    kept = fill(denoiser)
+    assert fill.drawn and fill.kept > 0
+    monkeypatch.setattr(selection, "KEPT_BYTES", 0)    # nothing kept: every score redraws
+    again, _, _ = _withheld_fill(values, observed, domain)
+    assert again(denoiser) == kept and not again.drawn
+    assert again(denoiser) == kept
 
 
 def test_training_selects_by_the_withheld_cells_unless_told_otherwise():
