@@ -30,7 +30,7 @@ from ctxq_cli.frames import InMemory
 from ctxq_cli.impute import impute_calibrated  # noqa: E402
 from ctxq_cli.model import DenoiserModel  # noqa: E402
 from ctxq_cli.plots import evaluation_figure  # noqa: E402
-from ctxq_cli.train import TrainOptions, train_denoiser  # noqa: E402
+from ctxq_cli.train import TrainOptions, train_denoiser, validation_frames  # noqa: E402
 
 from kolmogorov import simulate  # noqa: E402
 from masks import make_mask  # noqa: E402
@@ -96,6 +96,9 @@ def run_case(name: str, truth: np.ndarray, mask: str, args: argparse.Namespace,
     reference = truth[:, None]
     report = evaluation.score(estimates, reference, cells, np.ones_like(observed), [name])
     print(evaluation.table(report), flush=True)
+    by_frames = rmse_by_frames(model, result.mean, truth, observed)
+    print("ctxq RMSE by frames: " + ", ".join(f"{k} {v['rmse']:.4f} ({v['frames']} frames)"
+                                              for k, v in by_frames.items()), flush=True)
     if out is not None:
         case = evaluation.Case(f"{name} {mask}", [name], values, observed, domain, reference,
                                cells, np.ones_like(observed), estimates)
@@ -103,7 +106,23 @@ def run_case(name: str, truth: np.ndarray, mask: str, args: argparse.Namespace,
     return {"dataset": name, "mask": mask, "frames": len(truth), "grid": list(truth.shape[1:]),
             "observed": float(observed.mean()), "train_s": train_s,
             "train_steps": model.step, "partition": model.partition.name,
-            "spread": scale.to_dict(), "scores": report[name]}
+            "spread": scale.to_dict(), "scores": report[name], "ctxq_by_frames": by_frames}
+
+
+def rmse_by_frames(model: DenoiserModel, mean: np.ndarray, truth: np.ndarray,
+                   observed: np.ndarray) -> dict[str, dict[str, float]]:
+    """ctxq's RMSE on the gaps of the frames it trained on and of the validation frames that
+    no training window touched (a record's fill, and a fill of frames it has not learnt)."""
+    val_fraction = model.training.get("options", {}).get("val_fraction", 0.0)
+    held = validation_frames(len(truth), model.window, val_fraction)
+    error = (mean[:, 0] - truth) ** 2
+    gaps = ~observed[:, 0]
+    out = {}
+    for name, frames in (("trained", ~held), ("validation", held)):
+        cells = gaps & frames[:, None, None]
+        if cells.any():
+            out[name] = {"frames": int(frames.sum()), "rmse": float(np.sqrt(error[cells].mean()))}
+    return out
 
 
 def main() -> None:
