@@ -175,16 +175,23 @@ def single_step(denoiser: Denoiser, values: Tensor, observed: Tensor, domain: Te
     per member; ``first_guess`` maps each member's context to its first guess.
     Returns (K, F, H, W) clean estimates.
     """
-    k = len(generators)
     ctx_t, noisy_t = member_draws(values, observed, partition, sigma, generators)
-    sig = torch.full((k,), sigma, device=values.device)
-    dom = domain[None].expand(k, -1, -1, -1)
 
     def run(s: slice) -> Tensor:
         guess = None if first_guess is None else first_guess(ctx_t[s])
-        return denoiser(noisy_t[s], sig[s], ctx_t[s], dom[s], positions, guess)
+        return denoise_draws(denoiser, ctx_t[s], noisy_t[s], domain, sigma, positions, guess)
 
-    return _batched(run, k, batch)
+    return _batched(run, len(generators), batch)
+
+
+def denoise_draws(denoiser: Denoiser, context: Tensor, noisy: Tensor, domain: Tensor,
+                  sigma: float, positions: Tensor | None = None,
+                  first_guess: Tensor | None = None) -> Tensor:
+    """The denoiser's clean estimates (K, F, H, W) of members drawn by :func:`member_draws`,
+    all at noise ``sigma``, in one domain (1, H, W)."""
+    k = len(context)
+    return denoiser(noisy, torch.full((k,), sigma, device=noisy.device), context,
+                    domain[None].expand(k, -1, -1, -1), positions, first_guess)
 
 
 def omega(progress: Tensor | float) -> float:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ctxq_cli.data import Batch, Holdout, TrainingFrames, Windows, pad_grid
-from ctxq_cli.diffusion import Denoiser, member_draws
+from ctxq_cli.diffusion import Denoiser, denoise_draws, member_draws
 from ctxq_cli.impute import member_generator, window_plan
 from ctxq_cli.partition import Partition
 from ctxq_cli.spread import fit_correction
@@ -136,9 +136,8 @@ class WithheldFill:
         def members(s: int, batch: Batch | None, j: int, takes: list[tuple[int, int, int]]
                     ) -> Tensor:
             context, noisy, domain, guess = self._inputs(s, batch, j, takes)
-            k = len(context)
-            return denoiser(noisy, torch.full((k,), self.sigma, device=self.device), context,
-                            domain[None].expand(k, -1, -1, -1), None, guess)
+            return denoise_draws(denoiser, context, noisy, domain, self.sigma,
+                                 first_guess=guess)
 
         return self._gather(members)[self.hidden].double()
 
