@@ -121,3 +121,15 @@ def test_forty_iterations_suffice_for_a_long_length_scale_under_a_cloud():
         mean = krige(torch.from_numpy(np.where(observed, z, 0)), torch.from_numpy(observed), 8.0,
                      0.01, iterations=40)
         np.testing.assert_allclose(mean.numpy().ravel(), dense, atol=1e-3)
+
+
+def test_float32_kriging_is_within_a_thousandth_of_float64():
+    # the smoother kriges in float32 for speed: its first guess may move by no more than this
+    z, _ = _grid_field(4, 24, 21, 5.0)
+    rng = np.random.default_rng(4)
+    observed = torch.from_numpy(rng.random((3, *z.shape)) < 0.1)
+    values = torch.from_numpy(np.where(observed.numpy(), z, 0))
+    exact = krige(values, observed, 5.0, 0.1, iterations=200, tolerance=1e-12)
+    single = krige(values, observed, 5.0, 0.1, dtype=torch.float32)
+    assert single.dtype == torch.float32
+    assert float((single.double() - exact).abs().max()) < 1e-3

@@ -11,6 +11,7 @@ from ctxq_cli.data import TrainingFrames, Windows
 from ctxq_cli.frames import InMemory
 from ctxq_cli.partition import PixelPartition, query_probability
 from ctxq_cli.temporal import (
+    KRIGING_DTYPE,
     Smoother,
     SmootherConfig,
     distances,
@@ -74,7 +75,9 @@ ANALYSIS = SmootherConfig(time_scale=3.0, nugget=0.02, analysis_scale=2.0, analy
 
 
 @pytest.mark.parametrize("config", [NEIGHBOURS, ANALYSIS], ids=["neighbours", "analysis"])
-def test_a_window_with_all_its_observations_is_the_smoothed_record(config):
+def test_a_window_with_all_its_observations_is_the_smoothed_record(config, monkeypatch):
+    # the messages' algebra is exact: kriging in float64 shows it to float32 precision
+    monkeypatch.setattr("ctxq_cli.temporal.KRIGING_DTYPE", torch.float64)
     times, _, _ = _irregular_record(1, 40)
     rng = np.random.default_rng(1)
     values = rng.standard_normal((40, 2, 6, 5))
@@ -238,8 +241,8 @@ def test_with_frames_independent_in_time_the_smoother_is_each_frames_kriging():
     mean, var = Smoother(config).smooth(values * observed, observed,
                                         torch.arange(4, dtype=torch.float64))
     # frame by frame as the smoother does: batching changes the solves' last bits
-    kriged = torch.stack([krige(values[i] * observed[i], observed[i], 3.0, 0.01)
-                          for i in range(4)])
+    kriged = torch.stack([krige(values[i] * observed[i], observed[i], 3.0, 0.01,
+                                dtype=KRIGING_DTYPE) for i in range(4)]).double()
     hidden = ~observed
     torch.testing.assert_close(mean[hidden], kriged[hidden], atol=1e-6, rtol=1e-6)
     assert (var[hidden] > 0).all() and (var[hidden] < 1).all()
@@ -266,8 +269,8 @@ def test_with_frames_independent_in_time_the_analysis_is_each_frames_kriging():
     times = torch.arange(3, dtype=torch.float64)
     mean, var = Smoother(config).smooth(values * observed, observed, times)
     # the other frames predict nothing: the prediction is the prior, N(0, 1)
-    kriged = torch.stack([krige(values[i] * observed[i], observed[i], 3.0, 0.01)
-                          for i in range(3)])
+    kriged = torch.stack([krige(values[i] * observed[i], observed[i], 3.0, 0.01,
+                                dtype=KRIGING_DTYPE) for i in range(3)]).double()
     torch.testing.assert_close(mean, kriged, atol=1e-6, rtol=1e-6)
     hidden = ~observed
     assert (var[hidden] > var[observed].max()).all()
