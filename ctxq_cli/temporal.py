@@ -178,6 +178,11 @@ class Smoother:
             j, h = j + jk, h + hk
         return j, h
 
+    @staticmethod
+    def krige(values: Tensor, observed: Tensor, length_scale: float, nugget: float) -> Tensor:
+        """Each frame's kriging mean (..., H, W), solved in KRIGING_DTYPE, returned in DTYPE."""
+        return krige(values, observed, length_scale, nugget, dtype=KRIGING_DTYPE).to(DTYPE)
+
     def kriged(self, values: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
         """(J, h) that the kriging of each frame brings its unobserved cells.
 
@@ -186,8 +191,7 @@ class Smoother:
         y = μ/(1 − σ²). σ² is the nearest-observation bound of :mod:`ctxq_cli.kriging`.
         """
         c = self.config
-        mean = krige(values, observed, c.spatial_scale, max(c.nugget, KRIGING_NUGGET),
-                     dtype=KRIGING_DTYPE).to(DTYPE)
+        mean = self.krige(values, observed, c.spatial_scale, max(c.nugget, KRIGING_NUGGET))
         var = nearest_variance(observed, c.spatial_scale, math.ceil(3 * c.spatial_scale))
         var = var.clamp(min=1e-3)
         j = torch.where(observed, 0.0, (1 / var - 1) / c.inflation)
@@ -207,8 +211,7 @@ class Smoother:
         c = self.config
         sd = var.clamp(min=1e-12).sqrt()
         departure = torch.where(observed, (values.to(DTYPE) - mean) / sd, 0)
-        kriged = krige(departure, observed, c.analysis_scale, c.analysis_nugget,
-                       dtype=KRIGING_DTYPE).to(DTYPE)
+        kriged = self.krige(departure, observed, c.analysis_scale, c.analysis_nugget)
         count = observed.sum((-2, -1), keepdim=True)
         square = torch.where(count > 0, frame_sum(departure ** 2) / count.clamp(min=1), 1.0)
         near = nearest_variance(observed, c.analysis_scale, math.ceil(3 * c.analysis_scale))
