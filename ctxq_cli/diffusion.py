@@ -111,9 +111,16 @@ class Denoiser(nn.Module):
         c_skip = sd ** 2 / (s ** 2 + sd ** 2)
         c_out = s * sd / torch.sqrt(s ** 2 + sd ** 2)
         ctx = context.to(noisy.dtype)
-        parts = [c_in * noisy * ctx, ctx, domain.to(noisy.dtype)]
+        inside = domain.to(noisy.dtype)
+        parts = [c_in * noisy * ctx, ctx, inside]
         if first_guess is not None:
-            parts.append(first_guess.to(noisy.dtype))
+            # Outside the domain (land, the padding to the network's multiple) the smoother
+            # has nothing to say and its numbers there are not bounded (tens of the field's
+            # scale on A1B's padding, varying with every window): seen by the network they
+            # key each window, which it then memorises, and they differ between training and
+            # impute. So they are zero, as the context is.
+            first_guess = first_guess.to(noisy.dtype) * inside
+            parts.append(first_guess)
         out = self.net(torch.cat(parts, dim=1), torch.log(sigma) / 4, positions)
         filled = out if first_guess is None else first_guess[:, :out.shape[1]] + out
         return torch.where(context, c_skip * noisy + c_out * out, filled)

@@ -84,3 +84,23 @@ def test_samplers_keep_observations_and_are_reproducible():
     assert torch.equal(samples[:, o], v[o].expand(3, -1))
     assert torch.isfinite(samples).all()
     assert not torch.equal(samples[0], samples[1])  # members differ in the gaps
+
+
+def test_first_guess_outside_the_domain_is_never_seen():
+    """Land and padding carry no first guess: poisoning it there changes no output inside."""
+    torch.manual_seed(0)
+    den = Denoiser(UNetConfig(Denoiser.input_channels(3, first_guess=True), 3, channels=(8, 16)),
+                   first_guess=True)
+    torch.nn.init.normal_(den.net.head[-1].weight)     # a trained head, not the zero start
+    values, observed, domain = _batch()
+    domain[:, :, :, 6:] = False                          # two columns of land or padding
+    observed &= domain
+    guess = torch.randn(2, 6, 8, 8, generator=torch.Generator().manual_seed(1))
+    poisoned = torch.where(domain, guess, 40 * torch.randn_like(guess))
+    sigma = torch.full((2,), 0.002)
+    clean = den(values * observed, sigma, observed, domain, first_guess=guess * domain)
+    out = den(values * observed, sigma, observed, domain, first_guess=poisoned)
+    inside = domain.expand_as(out)
+    torch.testing.assert_close(out[inside], clean[inside])
+    assert not torch.allclose(out[inside], den(values * observed, sigma, observed, domain,
+                                               first_guess=guess + 1)[inside])
