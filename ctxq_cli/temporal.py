@@ -203,10 +203,11 @@ class Smoother:
         frames (mean, var) and their own observations: the prediction's departures, kriged.
 
         The departures d = (z − mean)/√var at the observed cells are a field with the Matérn
-        correlation of length ℓ and nugget τ²; their kriging, scaled back by √var, is added to
-        the prediction. The variance is var times the departures' mean square in the frame
-        (the temporal model's own variance is too small where its time scale is too long, as
-        for years that each have weather of their own) times the nearest-observation bound.
+        correlation of length ℓ and nugget τ²; their kriging, scaled back by √var (at most the
+        largest √var of the frame's observed cells), is added to the prediction. The variance
+        is var times the departures' mean square in the frame (the temporal model's own
+        variance is too small where its time scale is too long, as for years that each have
+        weather of their own) times the nearest-observation bound.
         """
         c = self.config
         sd = var.clamp(min=1e-12).sqrt()
@@ -216,7 +217,13 @@ class Smoother:
         square = torch.where(count > 0, frame_sum(departure ** 2) / count.clamp(min=1), 1.0)
         near = nearest_variance(observed, c.analysis_scale, math.ceil(3 * c.analysis_scale))
         floor = c.analysis_nugget / (1 + c.analysis_nugget)
-        return mean + sd * kriged, var * square * near.clamp(min=floor)
+        # A cell the other frames know less well than any observed cell of its frame (never
+        # observed in the record: a region always under cloud) takes the departures back at
+        # the observed cells' largest std: at its own, near 1, departures that were large only
+        # because the observed cells were well predicted came back tens of the field's scale.
+        top = torch.where(observed, sd, 0.0).amax((-2, -1), keepdim=True)
+        scale = torch.where(count > 0, torch.minimum(sd, top), sd)
+        return mean + scale * kriged, var * square * near.clamp(min=floor)
 
     def prior(self, shape: tuple[int, ...], device: torch.device) -> Tensor:
         """The stationary state (…, 5): mean 0, covariance P∞."""

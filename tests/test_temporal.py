@@ -305,3 +305,21 @@ def test_a_slow_field_with_weather_of_its_own_each_frame_is_fitted_with_the_anal
         return float(np.sqrt(np.mean((mean.numpy() - values)[~observed] ** 2)))
 
     assert error(config) < 0.8 * error(replace(config, analysis_scale=0.0))
+
+
+def test_the_analysis_stays_bounded_over_a_region_never_observed():
+    # a fixed pattern that time knows well, weather of each frame's own, and a block of cells
+    # that no frame observes (a region always under cloud): there the analysis may only
+    # spread the observed cells' departures at their own scale, not blow them up
+    pattern = smooth_field(1, 16, 16, seed=3)
+    weather = 0.5 * smooth_field(40, 16, 16, seed=4)
+    values = torch.from_numpy((pattern + weather)[:, None]).double()
+    observed = torch.ones(values.shape, dtype=torch.bool)
+    observed[..., 5:11, 5:11] = False
+    config = SmootherConfig(time_scale=1000.0, nugget=0.01, analysis_scale=3.0,
+                            analysis_nugget=0.1)
+    mean, _ = Smoother(config).smooth(values * observed, observed,
+                                      torch.arange(40, dtype=torch.float64))
+    block = ~observed
+    assert mean[observed].abs().max() < 2 * values.abs().max()
+    assert mean[block].abs().max() < values.abs().max()
