@@ -221,9 +221,9 @@ class Smoother:
         # observed in the record: a region always under cloud) takes the departures back at
         # the observed cells' largest std: at its own, near 1, departures that were large only
         # because the observed cells were well predicted came back tens of the field's scale.
+        # (a frame without observations has no departures: its kriging is exactly 0)
         top = torch.where(observed, sd, 0.0).amax((-2, -1), keepdim=True)
-        scale = torch.where(count > 0, torch.minimum(sd, top), sd)
-        return mean + scale * kriged, var * square * near.clamp(min=floor)
+        return mean + torch.minimum(sd, top) * kriged, var * square * near.clamp(min=floor)
 
     def prior(self, shape: tuple[int, ...], device: torch.device) -> Tensor:
         """The stationary state (…, 5): mean 0, covariance P∞."""
