@@ -23,6 +23,7 @@ truth; RMSE in units of the truth's standard deviation. ``smoother`` is ctxq's f
 
     python examples/bench_time.py --out runs/bench_time                 # table, JSON, figures
     python examples/bench_time.py --cases grf-clouds30 --minutes 0.2 --frames 200   # smoke
+    python examples/bench_time.py --minutes 0 --steps 1500    # a budget in steps, not time
 """
 
 from __future__ import annotations
@@ -150,8 +151,8 @@ def run_case(name: str, args: argparse.Namespace, out: Path | None) -> list[dict
         model = DenoiserModel.load(saved)
         print(f"{saved}: trained model reused ({model.step} steps)", flush=True)
     else:
-        options = TrainOptions(steps=10 ** 7, max_minutes=args.minutes, seed=args.train_seed,
-                               temporal=args.temporal, **args.train)
+        options = TrainOptions(steps=args.steps, max_minutes=args.minutes or None,
+                               seed=args.train_seed, temporal=args.temporal, **args.train)
         model = train_denoiser(InMemory(values[:split], observed[:split]), domain, [name], options,
                                torch.device("cpu"), progress=False, times=times[:split],
                                time_unit="days")
@@ -233,7 +234,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--frames", type=int, default=1300, help="frames per record")
-    p.add_argument("--minutes", type=float, default=5.0, help="ctxq training budget per case")
+    p.add_argument("--minutes", type=float, default=5.0,
+                   help="ctxq training budget per case (0: none, for a step budget)")
+    p.add_argument("--steps", type=int, default=10 ** 7,
+                   help="ctxq training steps per case at most: a budget that does not move "
+                        "with the machine (with --minutes 0)")
     p.add_argument("--temporal", default="smoother", choices=["smoother", "none"])
     p.add_argument("--ensemble", type=int, default=32)
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated data and masks")
@@ -249,9 +254,11 @@ def main() -> None:
     for folder in (args.out, args.models):
         if folder:
             folder.mkdir(parents=True, exist_ok=True)
-    print(f"CPU budget: {torch.get_num_threads()} threads; ctxq trains {args.minutes:g} min per "
-          f"case (temporal: {args.temporal}{''.join(f', {k} {v}' for k, v in args.train.items())}"
-          f"), K = {args.ensemble}, data seed {args.seed}", flush=True)
+    budget = f"{args.steps} steps" + (f" or {args.minutes:g} min" if args.minutes else "")
+    extra = "".join(f", {k} {v}" for k, v in args.train.items())
+    print(f"CPU budget: {torch.get_num_threads()} threads; ctxq trains {budget} per case "
+          f"(temporal: {args.temporal}{extra}), K = {args.ensemble}, data seed {args.seed}",
+          flush=True)
     rows = []
     for name in args.cases.split(","):
         rows += run_case(name, args, args.out)
