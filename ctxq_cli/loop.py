@@ -51,7 +51,7 @@ class LoopOptions(Options):
     batch_size: int = option(8, ge=1, integer=True)
     lr: float = option(2e-3, ge=0)
     # 0.1 measured and not kept: it lowered the best validation loss but not the fill's error
-    # (README, 'Regularisation')
+    # (examples/BENCHMARKS.md, 'Regularisation')
     weight_decay: float = option(0.0, ge=0)
     warmup: int = option(20, ge=0, integer=True)
     ema: float = option(0.999, ge=0, le=1)

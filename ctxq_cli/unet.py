@@ -11,7 +11,7 @@ fixed grid: coasts, climatology, the spatial patterns of variability. Optional s
 over the coarsest level lets every cell see the whole tile: a gap is then filled from
 large-scale patterns (the teleconnections EOF methods exploit), not only from its surroundings.
 No dropout: in each residual block (p = 0.1) it filled worse at the same validation loss
-(README, 'Regularisation').
+(examples/BENCHMARKS.md, 'Regularisation').
 
 Input (B, C_in, H, W) with H and W divisible by ``UNetConfig.multiple``; output (B, C_out, H, W).
 """
